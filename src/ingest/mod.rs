@@ -1,0 +1,1 @@
+//! Ingest (skeleton): watch the export folder and turn files into ordered volumes.

@@ -1,0 +1,19 @@
+//! boldstream — a real-time fMRI decoding daemon.
+//!
+//! The data path is a chain of stages, each on its own thread, talking over
+//! bounded channels with typed messages:
+//!
+//! ```text
+//! export dir ─watch─▶ ingest ─▶ realign ─▶ buffer ─▶ (GLM, decode) ─▶ sinks
+//! ```
+//!
+//! - [`formats`]: NIfTI (and later DICOM) decoding into [`volume::Volume`]s.
+//! - [`realign`]: rigid motion correction, MCFLIRT-convention parameters.
+//! - [`simulate`]: a scanner simulator with known motion and fault injection.
+
+pub mod formats;
+pub mod ingest;
+pub mod messages;
+pub mod realign;
+pub mod simulate;
+pub mod volume;

@@ -1,0 +1,112 @@
+//! The typed messages stages send each other over channels.
+//!
+//! Each stage owns its state; what crosses a thread boundary is one of these
+//! values. Timestamps are [`Instant`]s for latency arithmetic plus a wall-clock
+//! [`SystemTime`] where a figure is written to disk.
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use crate::volume::Volume;
+
+/// Which volume of the session: run number and volume index, as the file
+/// name (or header) gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeKey {
+    /// Run (series) number.
+    pub run: u32,
+    /// Volume index within the run, as numbered by the exporter.
+    pub index: u32,
+}
+
+impl std::fmt::Display for VolumeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "run {} volume {}", self.run, self.index)
+    }
+}
+
+/// When ingest saw and finished a volume's file.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestTiming {
+    /// Wall-clock time the file was first noticed.
+    pub first_seen_wall: SystemTime,
+    /// Monotonic time the file was first noticed.
+    pub first_seen: Instant,
+    /// When the file decoded in full.
+    pub decoded: Instant,
+    /// When ingest released it downstream (after any re-ordering wait).
+    pub released: Instant,
+    /// Decode attempts (1 when the file was complete at first sight).
+    pub attempts: u32,
+    /// Time spent in the last, successful decode, in seconds.
+    pub decode_seconds: f64,
+}
+
+/// A volume that decoded in full and passed validation.
+#[derive(Debug, Clone)]
+pub struct IngestedVolume {
+    /// Run and index.
+    pub key: VolumeKey,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The voxels.
+    pub volume: Volume,
+    /// Ingest timings.
+    pub timing: IngestTiming,
+    /// True when it arrived after its index had been declared missing.
+    pub late: bool,
+}
+
+/// Why ingest gave up waiting for a volume index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MissingReason {
+    /// No file for this index arrived within the re-ordering window.
+    NotReceived,
+    /// The only file for this index was quarantined (reason attached).
+    Quarantined(String),
+}
+
+/// Everything ingest reports downstream, in the order it happens.
+#[derive(Debug, Clone)]
+pub enum IngestEvent {
+    /// A new run started (its first volume is about to follow).
+    RunStarted {
+        /// Run number.
+        run: u32,
+    },
+    /// A good volume, released in index order within its run (or late).
+    Volume(Box<IngestedVolume>),
+    /// An index that will not be filled unless a late file arrives.
+    Missing {
+        /// The index given up on.
+        key: VolumeKey,
+        /// Why.
+        reason: MissingReason,
+    },
+    /// A second file for an index that already has a good volume; ignored.
+    Duplicate {
+        /// The index.
+        key: VolumeKey,
+        /// The ignored file.
+        path: PathBuf,
+    },
+    /// A file moved aside because it never decoded or failed validation.
+    Quarantined {
+        /// Its index, when the name gave one.
+        key: Option<VolumeKey>,
+        /// Where it was.
+        path: PathBuf,
+        /// Where it is now.
+        moved_to: PathBuf,
+        /// Why, in words naming the problem.
+        reason: String,
+    },
+    /// A run is over (a later run started, its expected count arrived, it
+    /// went idle, or the daemon is stopping).
+    RunEnded {
+        /// Run number.
+        run: u32,
+    },
+    /// Watching changed behaviour (e.g. auto mode fell back to polling).
+    Notice(String),
+}
