@@ -13,6 +13,7 @@
 
 pub mod formats;
 pub mod ingest;
+pub mod mask;
 pub mod messages;
 pub mod realign;
 pub mod simulate;

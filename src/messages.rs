@@ -110,3 +110,62 @@ pub enum IngestEvent {
     /// Watching changed behaviour (e.g. auto mode fell back to polling).
     Notice(String),
 }
+
+/// One volume after motion correction.
+#[derive(Debug, Clone)]
+pub struct RealignedVolume {
+    /// Run and index.
+    pub key: VolumeKey,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Arrived after its index had been declared missing.
+    pub late: bool,
+    /// MCFLIRT-convention parameters relative to the session reference.
+    pub params: crate::realign::transform::MotionParams,
+    /// Framewise displacement (Power, mm) against the previous volume of
+    /// the run; `None` for the first volume of a run.
+    pub fd: Option<f64>,
+    /// RMS of the change in realigned masked intensities against the
+    /// previous volume of the run (DVARS, signal units); `None` for the first.
+    pub dvars: Option<f64>,
+    /// DVARS as a percentage of the reference's mean masked intensity.
+    pub dvars_pct: Option<f64>,
+    /// Realigned voxels inside the session mask, in `np.where` order.
+    pub masked: std::sync::Arc<[f32]>,
+    /// Ingest timings.
+    pub ingest: IngestTiming,
+    /// When realignment finished.
+    pub realigned_at: Instant,
+    /// Time spent registering and resampling, seconds.
+    pub realign_seconds: f64,
+    /// Gauss–Newton iterations per pyramid level, coarsest first.
+    pub iterations: Vec<usize>,
+    /// Fitted global intensity gain against the reference.
+    pub gain: f64,
+}
+
+/// What the realign stage sends on: realigned volumes, failures, and every
+/// ingest event that is not a volume, in arrival order.
+#[derive(Debug, Clone)]
+pub enum PipelineEvent {
+    /// The session reference is set (first volume, or the configured image).
+    ReferenceReady {
+        /// Where it came from.
+        source: String,
+        /// Voxels in the session mask.
+        mask_voxels: usize,
+    },
+    /// A realigned volume.
+    Realigned(Box<RealignedVolume>),
+    /// A volume that decoded but could not be realigned.
+    RealignFailed {
+        /// Run and index.
+        key: VolumeKey,
+        /// Its file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A non-volume ingest event, passed through.
+    Ingest(IngestEvent),
+}

@@ -72,7 +72,11 @@ pub struct Series {
 fn grid_of(h: &NiftiHeader) -> Grid {
     let px = |v: f32| if v == 0.0 { 1.0 } else { v.abs() as f64 };
     Grid {
-        dims: [h.dim[1] as usize, h.dim[2].max(1) as usize, h.dim[3].max(1) as usize],
+        dims: [
+            h.dim[1] as usize,
+            h.dim[2].max(1) as usize,
+            h.dim[3].max(1) as usize,
+        ],
         pixdim: [px(h.pixdim[1]), px(h.pixdim[2]), px(h.pixdim[3])],
         affine: h.affine::<f64>(),
     }
@@ -89,7 +93,11 @@ pub fn read_series(path: &Path) -> Result<Series, ReadError> {
         .into_volume()
         .into_ndarray::<f32>()
         .map_err(|e| ReadError::Other(e.to_string()))?;
-    let nt = if h.dim[0] >= 4 { h.dim[4].max(1) as usize } else { 1 };
+    let nt = if h.dim[0] >= 4 {
+        h.dim[4].max(1) as usize
+    } else {
+        1
+    };
     let [nx, ny, nz] = grid.dims;
     if arr.ndim() < 3 && nt > 1 {
         return Err(ReadError::Other("unexpected dimensionality".into()));
@@ -171,7 +179,11 @@ pub fn write_series(path: &Path, vols: &[Volume], opts: &WriteOptions) -> std::i
     h.pixdim[3] = g.pixdim[2] as f32;
     h.pixdim[4] = opts.tr.unwrap_or(0.0) as f32;
     h.xyzt_units = 2 | 8;
-    let shape = if nt > 1 { vec![nx, ny, nz, nt] } else { vec![nx, ny, nz] };
+    let shape = if nt > 1 {
+        vec![nx, ny, nz, nt]
+    } else {
+        vec![nx, ny, nz]
+    };
     let dyn_shape = ndarray::IxDyn(&shape);
     let mut all: Vec<f32> = Vec::with_capacity(nx * ny * nz * nt);
     for v in vols {

@@ -1,10 +1,362 @@
 //! Realign: rigid (6-DOF) motion correction of each volume to the session reference.
 //!
-//! In: decoded volumes. Out: MCFLIRT-convention motion parameters, framewise
-//! displacement, DVARS and the volume resampled once onto the reference (or
-//! calibration) grid.
+//! In: [`IngestEvent`]s (decoded volumes in order, plus gaps, duplicates…).
+//! Out: [`PipelineEvent`]s — each volume's MCFLIRT-convention motion
+//! parameters, framewise displacement, DVARS and its voxels resampled once
+//! onto the output grid and gathered in the session mask's `np.where` order;
+//! non-volume events pass through in order.
 //!
 //! Split the way ITK splits registration: [`transform`] (rigid maps and the
-//! `.par` convention), interpolator, metric and optimiser.
+//! `.par` convention), [`interpolate`] (trilinear), [`metric`] (least
+//! squares with a gain, inverse compositional), [`optimizer`] (Gauss–Newton),
+//! with [`pyramid`] for coarse-to-fine, [`register`] tying them together and
+//! [`resample`] for the single output interpolation.
 
+pub mod interpolate;
+pub mod metric;
+pub mod optimizer;
+pub mod pyramid;
+pub mod register;
+pub mod resample;
 pub mod transform;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use nalgebra::Matrix4;
+
+use crate::formats::nifti;
+use crate::mask::SessionMask;
+use crate::messages::{IngestEvent, IngestedVolume, PipelineEvent, RealignedVolume};
+use crate::volume::Volume;
+use register::{Registration, RegistrationOptions};
+use resample::Resampler;
+use transform::{MotionParams, framewise_displacement, par_from_ref_to_volume};
+
+/// Why a volume could not be realigned.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RealignError {
+    /// Too little of the reference falls inside the volume to register.
+    #[error("volume barely overlaps the reference ({:.0}% of reference samples inside)", overlap * 100.0)]
+    NoOverlap {
+        /// Fraction of reference samples inside the moving volume.
+        overlap: f64,
+    },
+    /// The Gauss–Newton system was singular (e.g. a flat image).
+    #[error("registration is degenerate (no image structure to align)")]
+    Degenerate,
+    /// The reference has no voxels above background.
+    #[error("reference volume is empty (no voxels above background)")]
+    EmptyReference,
+    /// The reference contains NaN or infinite voxels.
+    #[error("reference volume has NaN/Inf voxels")]
+    NonFiniteReference,
+    /// An axis has fewer than two voxels.
+    #[error("grid {0} is too small to register (each axis needs at least 2 voxels)")]
+    TooSmall(String),
+    /// A configured file could not be used.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Realign settings (`[realign]` in the config file).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RealignConfig {
+    /// Reference image; default: the first volume of the session.
+    pub reference: Option<PathBuf>,
+    /// Session mask on the output grid; default: nilearn-style EPI mask of
+    /// the reference (or of the target image when one is given).
+    pub mask: Option<PathBuf>,
+    /// An image whose grid is the output grid (e.g. the calibration
+    /// session's reference); default: the reference grid.
+    pub target_grid: Option<PathBuf>,
+    /// World (RAS mm) transform from the target grid's frame to the
+    /// reference's, row-major 4×4; default identity (same scanner frame).
+    pub target_to_reference: Option<[[f64; 4]; 4]>,
+    /// Sphere radius for framewise displacement (Power et al.: 50 mm).
+    pub fd_radius_mm: f64,
+    /// FD above which a volume is flagged in logs and the QC table.
+    pub fd_threshold_mm: f64,
+    /// Registration tuning.
+    pub registration: RegistrationOptions,
+}
+
+impl Default for RealignConfig {
+    fn default() -> Self {
+        RealignConfig {
+            reference: None,
+            mask: None,
+            target_grid: None,
+            target_to_reference: None,
+            fd_radius_mm: 50.0,
+            fd_threshold_mm: 0.5,
+            registration: RegistrationOptions::default(),
+        }
+    }
+}
+
+struct Session {
+    registration: Registration,
+    resampler: Resampler,
+    mask: SessionMask,
+    /// Mean masked intensity of the reference on the output grid.
+    reference_mean: f64,
+}
+
+struct RunState {
+    last_params: MotionParams,
+    last_transform: Matrix4<f64>,
+    last_masked: Arc<[f32]>,
+}
+
+/// The realign stage's state: the prepared reference and, per run, what
+/// the previous volume looked like (for FD, DVARS and a warm start).
+pub struct Realigner {
+    config: RealignConfig,
+    configured_reference: Option<Volume>,
+    session: Option<Session>,
+    runs: HashMap<u32, RunState>,
+    resampled: Vec<f32>,
+}
+
+impl Realigner {
+    /// Load configured files (reference, target grid, mask) up front so a
+    /// wrong path fails at start-up, not mid-run.
+    pub fn new(config: RealignConfig) -> Result<Realigner, RealignError> {
+        let configured_reference = match &config.reference {
+            Some(p) => Some(
+                nifti::read_volume(p)
+                    .map_err(|e| RealignError::Setup(format!("reference {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        let mut r = Realigner {
+            config,
+            configured_reference,
+            session: None,
+            runs: HashMap::new(),
+            resampled: Vec::new(),
+        };
+        if let Some(reference) = r.configured_reference.take() {
+            let source = r
+                .config
+                .reference
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            r.set_reference(&reference)?;
+            tracing::info!("session reference: {source}");
+        }
+        Ok(r)
+    }
+
+    /// Whether the session reference is prepared.
+    pub fn has_reference(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// The session mask, once the reference is set.
+    pub fn mask(&self) -> Option<&SessionMask> {
+        self.session.as_ref().map(|s| &s.mask)
+    }
+
+    /// Centre of rotation of the `.par` parameters, once the reference is set.
+    pub fn centre(&self) -> Option<nalgebra::Vector3<f64>> {
+        self.session.as_ref().map(|s| s.registration.centre())
+    }
+
+    fn set_reference(&mut self, reference: &Volume) -> Result<usize, RealignError> {
+        let registration = Registration::new(reference, self.config.registration.clone())?;
+        let (resampler, target_image) = match &self.config.target_grid {
+            Some(p) => {
+                let target = nifti::read_volume(p).map_err(|e| {
+                    RealignError::Setup(format!("target grid {}: {e}", p.display()))
+                })?;
+                let x = self
+                    .config
+                    .target_to_reference
+                    .map(|m| Matrix4::from_fn(|r, c| m[r][c]))
+                    .unwrap_or_else(Matrix4::identity);
+                (
+                    Resampler::onto_grid(target.grid(), reference.grid(), &x),
+                    Some(target),
+                )
+            }
+            None => (Resampler::onto_reference(reference.grid()), None),
+        };
+        let mask = match &self.config.mask {
+            Some(p) => {
+                let m = nifti::read_volume(p)
+                    .map_err(|e| RealignError::Setup(format!("mask {}: {e}", p.display())))?;
+                SessionMask::from_image(&m, resampler.target())
+                    .map_err(|e| RealignError::Setup(format!("mask {}: {e}", p.display())))?
+            }
+            None => SessionMask::compute_epi(target_image.as_ref().unwrap_or(reference))
+                .map_err(|e| RealignError::Setup(format!("computed mask: {e}")))?,
+        };
+        let on_target = resampler.resample(reference, &registration.world_init(reference.grid()));
+        let mut masked = Vec::new();
+        mask.gather_into(on_target.values(), &mut masked);
+        let reference_mean =
+            masked.iter().map(|&v| v as f64).sum::<f64>() / masked.len().max(1) as f64;
+        let n = mask.len();
+        self.session = Some(Session {
+            registration,
+            resampler,
+            mask,
+            reference_mean,
+        });
+        Ok(n)
+    }
+
+    /// Process one ingest event, emitting what follows from it.
+    pub fn handle(&mut self, event: IngestEvent, emit: &mut dyn FnMut(PipelineEvent)) {
+        match event {
+            IngestEvent::Volume(v) => self.handle_volume(*v, emit),
+            other => emit(PipelineEvent::Ingest(other)),
+        }
+    }
+
+    fn handle_volume(&mut self, v: IngestedVolume, emit: &mut dyn FnMut(PipelineEvent)) {
+        if self.session.is_none() {
+            match self.set_reference(&v.volume) {
+                Ok(n) => {
+                    tracing::info!(
+                        "session reference: {} ({}), mask {} voxels",
+                        v.path.display(),
+                        v.key,
+                        n
+                    );
+                    emit(PipelineEvent::ReferenceReady {
+                        source: format!("{} ({})", v.path.display(), v.key),
+                        mask_voxels: n,
+                    });
+                }
+                Err(e) => {
+                    // Not fatal: the next good volume gets its chance to be
+                    // the reference.
+                    tracing::error!(
+                        "{}: cannot serve as the session reference: {e}",
+                        v.path.display()
+                    );
+                    emit(PipelineEvent::RealignFailed {
+                        key: v.key,
+                        path: v.path,
+                        reason: format!("cannot serve as the session reference: {e}"),
+                    });
+                    return;
+                }
+            }
+        }
+        match self.realign(&v) {
+            Ok(r) => emit(PipelineEvent::Realigned(Box::new(r))),
+            Err(e) => {
+                tracing::error!("{}: {}: realignment failed: {e}", v.path.display(), v.key);
+                emit(PipelineEvent::RealignFailed {
+                    key: v.key,
+                    path: v.path,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Register, resample and measure one volume.
+    pub fn realign(&mut self, v: &IngestedVolume) -> Result<RealignedVolume, RealignError> {
+        let start = Instant::now();
+        let session = self.session.as_ref().ok_or(RealignError::EmptyReference)?;
+        let run = self.runs.get(&v.key.run);
+        let init = match run {
+            Some(r) if v.volume.grid().matches(session.registration.grid(), 1e-3) => {
+                r.last_transform
+            }
+            _ => session.registration.world_init(v.volume.grid()),
+        };
+        let reg = session.registration.register(&v.volume, &init)?;
+        let params = par_from_ref_to_volume(&reg.ref_to_volume, session.registration.centre());
+        session
+            .resampler
+            .resample_into(&v.volume, &reg.ref_to_volume, &mut self.resampled);
+        let mut masked = Vec::with_capacity(session.mask.len());
+        session.mask.gather_into(&self.resampled, &mut masked);
+        let masked: Arc<[f32]> = masked.into();
+        let realign_seconds = start.elapsed().as_secs_f64();
+        // A late volume is out of sequence: comparing it with whatever came
+        // last would not be a frame-to-frame figure.
+        let (fd, dvars) = match run.filter(|_| !v.late) {
+            Some(prev) => {
+                let fd =
+                    framewise_displacement(&prev.last_params, &params, self.config.fd_radius_mm);
+                let ss: f64 = masked
+                    .iter()
+                    .zip(prev.last_masked.iter())
+                    .map(|(&a, &b)| ((a - b) as f64).powi(2))
+                    .sum();
+                (Some(fd), Some((ss / masked.len().max(1) as f64).sqrt()))
+            }
+            None => (None, None),
+        };
+        let dvars_pct = dvars.map(|d| 100.0 * d / session.reference_mean.max(f64::MIN_POSITIVE));
+        let gain = reg.levels.last().map_or(1.0, |l| l.gain);
+        if !v.late {
+            self.runs.insert(
+                v.key.run,
+                RunState {
+                    last_params: params,
+                    last_transform: reg.ref_to_volume,
+                    last_masked: masked.clone(),
+                },
+            );
+        }
+        if let Some(fd) = fd
+            && fd > self.config.fd_threshold_mm
+        {
+            tracing::warn!("{}: framewise displacement {fd:.2} mm", v.key);
+        }
+        Ok(RealignedVolume {
+            key: v.key,
+            path: v.path.clone(),
+            late: v.late,
+            params,
+            fd,
+            dvars,
+            dvars_pct,
+            masked,
+            ingest: v.timing,
+            realigned_at: Instant::now(),
+            realign_seconds,
+            iterations: reg.levels.iter().map(|l| l.iterations).collect(),
+            gain,
+        })
+    }
+}
+
+/// Offline realignment of a series to its first volume (or `reference`):
+/// the same code as the live path, for the `realign` subcommand, the
+/// benchmarks and the comparison with other tools. Returns each volume's
+/// parameters and registration+resampling time in seconds.
+pub fn realign_series(
+    volumes: &[Volume],
+    reference: Option<&Volume>,
+    options: RegistrationOptions,
+) -> Result<Vec<(MotionParams, f64)>, RealignError> {
+    let first = volumes.first().ok_or(RealignError::EmptyReference)?;
+    let reference = reference.unwrap_or(first);
+    let registration = Registration::new(reference, options)?;
+    let resampler = Resampler::onto_reference(reference.grid());
+    let mut t = registration.world_init(first.grid());
+    let mut out = Vec::with_capacity(volumes.len());
+    let mut buf = Vec::new();
+    for v in volumes {
+        let start = Instant::now();
+        let reg = registration.register(v, &t)?;
+        resampler.resample_into(v, &reg.ref_to_volume, &mut buf);
+        let secs = start.elapsed().as_secs_f64();
+        t = reg.ref_to_volume;
+        out.push((par_from_ref_to_volume(&t, registration.centre()), secs));
+    }
+    Ok(out)
+}
