@@ -11,10 +11,12 @@
 //! - [`realign`]: rigid motion correction, MCFLIRT-convention parameters.
 //! - [`simulate`]: a scanner simulator with known motion and fault injection.
 
+pub mod buffer;
 pub mod formats;
 pub mod ingest;
 pub mod mask;
 pub mod messages;
 pub mod realign;
 pub mod simulate;
+pub mod sinks;
 pub mod volume;

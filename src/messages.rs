@@ -154,6 +154,10 @@ pub enum PipelineEvent {
         source: String,
         /// Voxels in the session mask.
         mask_voxels: usize,
+        /// The reference volume.
+        reference: std::sync::Arc<Volume>,
+        /// The session mask (on the output grid).
+        mask: std::sync::Arc<crate::mask::SessionMask>,
     },
     /// A realigned volume.
     Realigned(Box<RealignedVolume>),

@@ -104,6 +104,9 @@ struct Session {
     mask: SessionMask,
     /// Mean masked intensity of the reference on the output grid.
     reference_mean: f64,
+    reference: Arc<Volume>,
+    source: String,
+    announced: bool,
 }
 
 struct RunState {
@@ -147,8 +150,7 @@ impl Realigner {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            r.set_reference(&reference)?;
-            tracing::info!("session reference: {source}");
+            r.set_reference(&reference, source)?;
         }
         Ok(r)
     }
@@ -168,7 +170,7 @@ impl Realigner {
         self.session.as_ref().map(|s| s.registration.centre())
     }
 
-    fn set_reference(&mut self, reference: &Volume) -> Result<usize, RealignError> {
+    fn set_reference(&mut self, reference: &Volume, source: String) -> Result<usize, RealignError> {
         let registration = Registration::new(reference, self.config.registration.clone())?;
         let (resampler, target_image) = match &self.config.target_grid {
             Some(p) => {
@@ -208,12 +210,36 @@ impl Realigner {
             resampler,
             mask,
             reference_mean,
+            reference: Arc::new(reference.clone()),
+            source,
+            announced: false,
         });
         Ok(n)
     }
 
+    /// Say once which reference and mask the session uses.
+    fn announce(&mut self, emit: &mut dyn FnMut(PipelineEvent)) {
+        if let Some(s) = self.session.as_mut()
+            && !s.announced
+        {
+            s.announced = true;
+            tracing::info!(
+                "session reference: {}, mask {} voxels",
+                s.source,
+                s.mask.len()
+            );
+            emit(PipelineEvent::ReferenceReady {
+                source: s.source.clone(),
+                mask_voxels: s.mask.len(),
+                reference: s.reference.clone(),
+                mask: Arc::new(s.mask.clone()),
+            });
+        }
+    }
+
     /// Process one ingest event, emitting what follows from it.
     pub fn handle(&mut self, event: IngestEvent, emit: &mut dyn FnMut(PipelineEvent)) {
+        self.announce(emit);
         match event {
             IngestEvent::Volume(v) => self.handle_volume(*v, emit),
             other => emit(PipelineEvent::Ingest(other)),
@@ -222,35 +248,23 @@ impl Realigner {
 
     fn handle_volume(&mut self, v: IngestedVolume, emit: &mut dyn FnMut(PipelineEvent)) {
         if self.session.is_none() {
-            match self.set_reference(&v.volume) {
-                Ok(n) => {
-                    tracing::info!(
-                        "session reference: {} ({}), mask {} voxels",
-                        v.path.display(),
-                        v.key,
-                        n
-                    );
-                    emit(PipelineEvent::ReferenceReady {
-                        source: format!("{} ({})", v.path.display(), v.key),
-                        mask_voxels: n,
-                    });
-                }
-                Err(e) => {
-                    // Not fatal: the next good volume gets its chance to be
-                    // the reference.
-                    tracing::error!(
-                        "{}: cannot serve as the session reference: {e}",
-                        v.path.display()
-                    );
-                    emit(PipelineEvent::RealignFailed {
-                        key: v.key,
-                        path: v.path,
-                        reason: format!("cannot serve as the session reference: {e}"),
-                    });
-                    return;
-                }
+            let source = format!("{} ({})", v.path.display(), v.key);
+            if let Err(e) = self.set_reference(&v.volume, source) {
+                // Not fatal: the next good volume gets its chance to be
+                // the reference.
+                tracing::error!(
+                    "{}: cannot serve as the session reference: {e}",
+                    v.path.display()
+                );
+                emit(PipelineEvent::RealignFailed {
+                    key: v.key,
+                    path: v.path,
+                    reason: format!("cannot serve as the session reference: {e}"),
+                });
+                return;
             }
         }
+        self.announce(emit);
         match self.realign(&v) {
             Ok(r) => emit(PipelineEvent::Realigned(Box::new(r))),
             Err(e) => {

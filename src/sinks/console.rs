@@ -1,0 +1,103 @@
+//! Console sink: one line per volume for the operator's terminal.
+//!
+//! In: [`PipelineEvent`]s. Out: lines on stdout — motion (degrees and mm),
+//! FD, DVARS and latency per volume, and every gap, duplicate, late or
+//! quarantined file, so a glance at the terminal says whether the scan is usable.
+
+use std::io::Write;
+
+use crate::messages::{IngestEvent, MissingReason, PipelineEvent};
+
+/// Prints a live line per event.
+pub struct Console<W: Write> {
+    out: W,
+    fd_threshold_mm: f64,
+    over_threshold: usize,
+    volumes: usize,
+}
+
+impl<W: Write> Console<W> {
+    /// Write to `out`; volumes with FD above `fd_threshold_mm` are marked.
+    pub fn new(out: W, fd_threshold_mm: f64) -> Console<W> {
+        Console {
+            out,
+            fd_threshold_mm,
+            over_threshold: 0,
+            volumes: 0,
+        }
+    }
+
+    /// Print one event.
+    pub fn handle(&mut self, event: &PipelineEvent) -> std::io::Result<()> {
+        match event {
+            PipelineEvent::ReferenceReady {
+                source,
+                mask_voxels,
+                ..
+            } => writeln!(self.out, "reference: {source}; mask {mask_voxels} voxels"),
+            PipelineEvent::Realigned(r) => {
+                self.volumes += 1;
+                let p = r.params.0;
+                let fd = r.fd.unwrap_or(0.0);
+                let flag = if fd > self.fd_threshold_mm {
+                    self.over_threshold += 1;
+                    "  << FD over threshold"
+                } else {
+                    ""
+                };
+                let latency = r
+                    .realigned_at
+                    .saturating_duration_since(r.ingest.first_seen)
+                    .as_secs_f64()
+                    * 1e3;
+                writeln!(
+                    self.out,
+                    "run {:>2} vol {:>4}{} | rot {:>7.3} {:>7.3} {:>7.3} deg | trans {:>6.2} {:>6.2} {:>6.2} mm | FD {:>5.2} | DVARS {:>5.2}% | {:>5.1} ms{flag}",
+                    r.key.run,
+                    r.key.index,
+                    if r.late { " (late)" } else { "" },
+                    p[0].to_degrees(),
+                    p[1].to_degrees(),
+                    p[2].to_degrees(),
+                    p[3],
+                    p[4],
+                    p[5],
+                    fd,
+                    r.dvars_pct.unwrap_or(0.0),
+                    latency,
+                )
+            }
+            PipelineEvent::RealignFailed { key, path, reason } => {
+                writeln!(
+                    self.out,
+                    "{key}: REALIGN FAILED ({}): {reason}",
+                    path.display()
+                )
+            }
+            PipelineEvent::Ingest(ev) => match ev {
+                IngestEvent::RunStarted { run } => writeln!(self.out, "== run {run} started"),
+                IngestEvent::RunEnded { run } => writeln!(
+                    self.out,
+                    "== run {run} ended ({} volumes so far, {} with FD > {} mm)",
+                    self.volumes, self.over_threshold, self.fd_threshold_mm
+                ),
+                IngestEvent::Missing { key, reason } => match reason {
+                    MissingReason::NotReceived => {
+                        writeln!(self.out, "{key}: MISSING (not received)")
+                    }
+                    MissingReason::Quarantined(r) => {
+                        writeln!(self.out, "{key}: MISSING (file quarantined: {r})")
+                    }
+                },
+                IngestEvent::Duplicate { key, path } => {
+                    writeln!(self.out, "{key}: duplicate ignored ({})", path.display())
+                }
+                IngestEvent::Quarantined { path, reason, .. } => {
+                    writeln!(self.out, "QUARANTINED {}: {reason}", path.display())
+                }
+                IngestEvent::Notice(t) => writeln!(self.out, "notice: {t}"),
+                IngestEvent::Volume(_) => Ok(()),
+            },
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Session store: everything the pipeline produces, on disk as it happens.
+//!
+//! In: [`PipelineEvent`]s. Out: the session folder —
+//!
+//! ```text
+//! <session>/
+//!   session.toml           the configuration the session ran with
+//!   boldstream.log         the daemon's log (written by the binary's logger)
+//!   ingest_log.tsv         every non-volume event: gaps, duplicates, late and
+//!                          quarantined files, realign failures, notices
+//!   quarantine/            files that never decoded, each with a .reason.txt
+//!   reference.nii.gz       the session reference volume
+//!   mask.nii.gz            the session mask (output grid)
+//!   run-01/motion.par      MCFLIRT-convention parameters, one row per volume
+//!                          index in order (NaN row for a volume that never came)
+//!   run-01/qc.tsv          per volume: status, arrival time, motion, FD, DVARS,
+//!                          per-stage latency
+//!   run-01/masked.npy      realigned masked voxels (float32, one row per
+//!                          volume, arrival order; np.where voxel order)
+//!   run-01/masked_rows.tsv row → volume index of masked.npy
+//! ```
+//!
+//! Every row is flushed to the operating system when written, so a crash
+//! of the daemon loses at most the volume in flight. `motion.par` is the one
+//! file rewritten (atomically) — when a late volume fills a gap.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::npy::NpyAppender;
+use crate::formats::nifti::{self, WriteOptions};
+use crate::messages::{IngestEvent, MissingReason, PipelineEvent, RealignedVolume, VolumeKey};
+use crate::realign::transform::MotionParams;
+
+const QC_HEADER: &str = "volume\tstatus\tfile\tarrival_unix\trx\try\trz\ttx\tty\ttz\tfd\tdvars\tdvars_pct\tdecode_ms\twait_ms\tqueue_ms\trealign_ms\tlatency_ms\tattempts\titerations\tgain\tdetail";
+
+struct RunFiles {
+    dir: PathBuf,
+    qc: File,
+    par: File,
+    masked: Option<NpyAppender>,
+    masked_rows: File,
+    /// Volume index → parameters (None: never came), in index order; the
+    /// source for rewriting motion.par when a late volume fills a gap.
+    motion: BTreeMap<u32, Option<MotionParams>>,
+}
+
+/// Writes the session folder.
+pub struct SessionStore {
+    dir: PathBuf,
+    ingest_log: File,
+    runs: BTreeMap<u32, RunFiles>,
+    mask_voxels: usize,
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn ms(later: Instant, earlier: Instant) -> f64 {
+    later.saturating_duration_since(earlier).as_secs_f64() * 1e3
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.prec$}"))
+}
+
+fn append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Tabs and newlines inside a field would break the TSV.
+fn clean(s: &str) -> String {
+    s.replace(['\t', '\n', '\r'], " ")
+}
+
+impl SessionStore {
+    /// Create the session folder (or reopen it) and record the configuration.
+    pub fn create(dir: &Path, config_text: &str) -> std::io::Result<SessionStore> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir.join("quarantine"))?;
+        let mut cfg = File::create(dir.join("session.toml"))?;
+        writeln!(
+            cfg,
+            "# boldstream {} session started {:.3} (unix seconds)",
+            env!("CARGO_PKG_VERSION"),
+            unix_seconds(SystemTime::now())
+        )?;
+        cfg.write_all(config_text.as_bytes())?;
+        let log_path = dir.join("ingest_log.tsv");
+        let new = !log_path.exists();
+        let mut ingest_log = append(&log_path)?;
+        if new {
+            writeln!(ingest_log, "time_unix\tevent\trun\tvolume\tfile\tdetail")?;
+        }
+        Ok(SessionStore {
+            dir: dir.to_path_buf(),
+            ingest_log,
+            runs: BTreeMap::new(),
+            mask_voxels: 0,
+        })
+    }
+
+    /// The session folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn run(&mut self, run: u32) -> std::io::Result<&mut RunFiles> {
+        if !self.runs.contains_key(&run) {
+            let dir = self.dir.join(format!("run-{run:02}"));
+            std::fs::create_dir_all(&dir)?;
+            let qc_path = dir.join("qc.tsv");
+            let new = !qc_path.exists();
+            let mut qc = append(&qc_path)?;
+            if new {
+                writeln!(qc, "{QC_HEADER}")?;
+            }
+            let par = append(&dir.join("motion.par"))?;
+            let mut masked_rows = File::create(dir.join("masked_rows.tsv"))?;
+            writeln!(masked_rows, "row\tvolume\tlate")?;
+            self.runs.insert(
+                run,
+                RunFiles {
+                    dir,
+                    qc,
+                    par,
+                    masked: None,
+                    masked_rows,
+                    motion: BTreeMap::new(),
+                },
+            );
+        }
+        self.runs
+            .get_mut(&run)
+            .ok_or_else(|| std::io::Error::other("run files vanished"))
+    }
+
+    fn log(
+        &mut self,
+        event: &str,
+        key: Option<VolumeKey>,
+        file: &Path,
+        detail: &str,
+    ) -> std::io::Result<()> {
+        let (run, vol) = key.map_or(("n/a".into(), "n/a".into()), |k| {
+            (k.run.to_string(), k.index.to_string())
+        });
+        writeln!(
+            self.ingest_log,
+            "{:.3}\t{event}\t{run}\t{vol}\t{}\t{}",
+            unix_seconds(SystemTime::now()),
+            clean(&file.display().to_string()),
+            clean(detail)
+        )
+    }
+
+    /// Record one event.
+    pub fn handle(&mut self, event: &PipelineEvent) -> std::io::Result<()> {
+        match event {
+            PipelineEvent::ReferenceReady {
+                source,
+                mask_voxels,
+                reference,
+                mask,
+            } => {
+                self.mask_voxels = *mask_voxels;
+                let opts = WriteOptions {
+                    gzip: true,
+                    ..Default::default()
+                };
+                nifti::write_volume(&self.dir.join("reference.nii.gz"), reference, &opts)?;
+                nifti::write_volume(&self.dir.join("mask.nii.gz"), &mask.to_volume(), &opts)?;
+                self.log(
+                    "reference",
+                    None,
+                    Path::new(source),
+                    &format!("mask {mask_voxels} voxels"),
+                )
+            }
+            PipelineEvent::Realigned(r) => self.realigned(r),
+            PipelineEvent::RealignFailed { key, path, reason } => {
+                self.log("realign_failed", Some(*key), path, reason)?;
+                self.placeholder(*key, "failed", path, reason)
+            }
+            PipelineEvent::Ingest(ev) => self.ingest(ev),
+        }
+    }
+
+    fn ingest(&mut self, ev: &IngestEvent) -> std::io::Result<()> {
+        match ev {
+            IngestEvent::RunStarted { run } => {
+                self.run(*run)?;
+                self.log("run_started", None, Path::new(""), &format!("run {run}"))
+            }
+            IngestEvent::RunEnded { run } => {
+                let rf = self.run(*run)?;
+                rf.qc.sync_data()?;
+                rf.par.sync_data()?;
+                self.log("run_ended", None, Path::new(""), &format!("run {run}"))
+            }
+            IngestEvent::Missing { key, reason } => {
+                let detail = match reason {
+                    MissingReason::NotReceived => "not received".to_string(),
+                    MissingReason::Quarantined(why) => format!("quarantined: {why}"),
+                };
+                self.log("missing", Some(*key), Path::new(""), &detail)?;
+                self.placeholder(*key, "missing", Path::new(""), &detail)
+            }
+            IngestEvent::Duplicate { key, path } => self.log(
+                "duplicate",
+                Some(*key),
+                path,
+                "ignored: volume already taken",
+            ),
+            IngestEvent::Quarantined {
+                key,
+                path,
+                moved_to,
+                reason,
+            } => self.log(
+                "quarantined",
+                *key,
+                path,
+                &format!("{reason} (moved to {})", moved_to.display()),
+            ),
+            IngestEvent::Notice(text) => self.log("notice", None, Path::new(""), text),
+            IngestEvent::Volume(v) => self.log(
+                "unrealigned_volume",
+                Some(v.key),
+                &v.path,
+                "volume reached the store without realignment",
+            ),
+        }
+    }
+
+    /// A QC row and a NaN motion row for an index with no data.
+    fn placeholder(
+        &mut self,
+        key: VolumeKey,
+        status: &str,
+        path: &Path,
+        detail: &str,
+    ) -> std::io::Result<()> {
+        let rf = self.run(key.run)?;
+        let nan = "n/a\t".repeat(14);
+        writeln!(
+            rf.qc,
+            "{}\t{status}\t{}\tn/a\t{nan}n/a\tn/a\tn/a\t{}",
+            key.index,
+            clean(&path.display().to_string()),
+            clean(detail)
+        )?;
+        if rf.motion.insert(key.index, None).is_none() {
+            writeln!(rf.par, "{}", ["nan"; 6].join("  "))?;
+        }
+        Ok(())
+    }
+
+    fn realigned(&mut self, r: &RealignedVolume) -> std::io::Result<()> {
+        let now = Instant::now();
+        let t = &r.ingest;
+        let realign_start = r
+            .realigned_at
+            .checked_sub(std::time::Duration::from_secs_f64(r.realign_seconds))
+            .unwrap_or(r.realigned_at);
+        let mask_voxels = self.mask_voxels;
+        let rf = self.run(r.key.run)?;
+        if rf.masked.is_none() && mask_voxels > 0 {
+            // Created on the first volume: the mask size is known only once
+            // the reference is set, which may be after the run started.
+            rf.masked = Some(NpyAppender::create(
+                &rf.dir.join("masked.npy"),
+                mask_voxels,
+            )?);
+        }
+        let p = r.params.0;
+        let status = if r.late { "late" } else { "ok" };
+        writeln!(
+            rf.qc,
+            "{}\t{status}\t{}\t{:.3}\t{:.6}\t{:.6}\t{:.6}\t{:.4}\t{:.4}\t{:.4}\t{}\t{}\t{}\t{:.2}\t{:.2}\t{:.2}\t{:.2}\t{:.2}\t{}\t{}\t{:.4}\t",
+            r.key.index,
+            clean(&r.path.display().to_string()),
+            unix_seconds(t.first_seen_wall),
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4],
+            p[5],
+            opt(r.fd, 4),
+            opt(r.dvars, 3),
+            opt(r.dvars_pct, 4),
+            t.decode_seconds * 1e3,
+            ms(t.released, t.decoded),
+            ms(realign_start, t.released),
+            r.realign_seconds * 1e3,
+            ms(now, t.first_seen),
+            t.attempts,
+            r.iterations
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            r.gain,
+        )?;
+        let filled_gap = rf.motion.insert(r.key.index, Some(r.params)).is_some();
+        if filled_gap {
+            rewrite_par(&rf.dir, &rf.motion)?;
+            rf.par = append(&rf.dir.join("motion.par"))?;
+        } else {
+            writeln!(rf.par, "{}", r.params.par_line())?;
+        }
+        if let Some(m) = rf.masked.as_mut() {
+            let row = m.rows();
+            m.append(&r.masked)?;
+            writeln!(
+                rf.masked_rows,
+                "{row}\t{}\t{}",
+                r.key.index,
+                u8::from(r.late)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Rewrite motion.par from the in-memory table, atomically (temp + rename).
+fn rewrite_par(dir: &Path, motion: &BTreeMap<u32, Option<MotionParams>>) -> std::io::Result<()> {
+    let tmp = dir.join(".motion.par.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        for p in motion.values() {
+            match p {
+                Some(p) => writeln!(f, "{}", p.par_line())?,
+                None => writeln!(f, "{}", ["nan"; 6].join("  "))?,
+            }
+        }
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, dir.join("motion.par"))
+}
