@@ -86,7 +86,12 @@ impl Grid {
     pub fn describe(&self) -> String {
         format!(
             "{}x{}x{} voxels of {:.3}x{:.3}x{:.3} mm",
-            self.dims[0], self.dims[1], self.dims[2], self.pixdim[0], self.pixdim[1], self.pixdim[2]
+            self.dims[0],
+            self.dims[1],
+            self.dims[2],
+            self.pixdim[0],
+            self.pixdim[1],
+            self.pixdim[2]
         )
     }
 
