@@ -806,6 +806,13 @@ fn tr_seconds(h: &Header) -> Option<f64> {
     if !(p.is_finite() && p > 0.0) {
         return None;
     }
+    // A NIfTI-1 pixdim is an f32: read it as the decimal it was written from
+    // (0.8, not 0.800000011920929), so TRs compare equal to configured ones.
+    let p = if h.version == 1 {
+        (p as f32).to_string().parse::<f64>().unwrap_or(p)
+    } else {
+        p
+    };
     let unit = h.xyzt_units & 0x38;
     if h.dim[0] < 4 && unit == 0 {
         return None;
