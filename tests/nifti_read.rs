@@ -728,6 +728,9 @@ fn writer_rejects_what_it_cannot_represent() {
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
     assert!(e.to_string().contains("volume 1 is 5x4x4 voxels"), "{e}");
     assert!(encode_series(&[], &opts).is_err());
+    let empty = Volume::zeros(Grid::centred([5, 0, 3], [1.0; 3]));
+    let e = encode_volume(&empty, &opts).unwrap_err();
+    assert!(e.to_string().contains("no voxels"), "{e}");
     let mut flat = grid.clone();
     flat.affine[(0, 0)] = 0.0;
     flat.affine[(1, 0)] = 0.0;

@@ -1016,6 +1016,12 @@ pub fn encode_series(vols: &[Volume], opts: &WriteOptions) -> io::Result<Vec<u8>
         .first()
         .ok_or_else(|| invalid_input("no volumes to write".to_string()))?;
     let grid = first.grid();
+    if grid.is_empty() {
+        return Err(invalid_input(format!(
+            "grid {} has no voxels",
+            grid.describe()
+        )));
+    }
     if let Some((i, v)) = vols
         .iter()
         .enumerate()
