@@ -550,6 +550,13 @@ fn garbage_headers_give_precise_permanent_errors() {
 }
 
 #[test]
+fn vox_offset_zero_means_right_after_the_header() {
+    let original = decode_volume(&fixture_bytes("dtype_i16.nii")).unwrap();
+    let zero = decode_volume(&patched(&[(108, &0f32.to_le_bytes())])).unwrap();
+    assert_eq!(zero.values(), original.values());
+}
+
+#[test]
 fn nifti2_garbage_dims_overflow_cleanly() {
     let mut b = fixture_bytes("nifti2_f32.nii");
     for (i, d) in [4i64, i64::MAX, i64::MAX, 3, 7, 1, 1, 1].iter().enumerate() {

@@ -751,8 +751,9 @@ fn layout(h: &Header, want: Want) -> Result<Layout, ReadError> {
         return Err(ReadError::invalid(format!("vox_offset is {vo}")));
     }
     // NIfTI requires the data of a single file to start after the header and
-    // the 4 extension-flag bytes; nibabel refuses anything lower but 0, which
-    // it (and niftilib) read as "right after the header".
+    // the 4 extension-flag bytes. nibabel refuses lower offsets except 0,
+    // which it takes literally (decoding the header as voxels); we read 0 as
+    // niftilib (FSL, AFNI) does: "right after the header".
     let vox_offset = if vo == 0.0 {
         min_offset
     } else if vo < min_offset {
