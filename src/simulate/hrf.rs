@@ -155,7 +155,8 @@ impl BoldModel {
             .iter()
             .filter(|(on, dur, _)| t > *on && t < on + dur + HRF_LENGTH_S)
             .map(|(on, dur, inv)| self.hrf.boxcar(t - on, *dur) * inv)
-            .sum()
+            // An empty float sum is −0.0; truth files should say 0.
+            .fold(0.0, |a, b| a + b)
     }
 }
 

@@ -48,8 +48,8 @@ pub use replay::{ReplaySeries, write_4d};
 pub use synth::{DriftSpec, FrameTruth, SynthSeries, SynthSpec};
 pub use truth::read_motion_par;
 pub use writer::{
-    FaultRecord, Pace, ScanWriter, SimulationReport, TruthLocation, VolumeSource, WriterOptions,
-    WrittenFile, simulate,
+    FaultRecord, Pace, ScanWriter, SimulationReport, Timing, TruthLocation, VolumeSource,
+    WriterOptions, WrittenFile, simulate,
 };
 
 use crate::formats::nifti::{OutputType, ReadError};
@@ -324,8 +324,9 @@ fn log_report(r: &SimulationReport) {
         volumes = r.volumes,
         faults = r.faults.len(),
         elapsed_s = format!("{:.2}", r.elapsed.as_secs_f64()),
-        render_mean_ms = format!("{:.1}", r.render_mean.as_secs_f64() * 1e3),
-        render_max_ms = format!("{:.1}", r.render_max.as_secs_f64() * 1e3),
+        generate_mean_ms = format!("{:.1}", r.generate.mean().as_secs_f64() * 1e3),
+        generate_max_ms = format!("{:.1}", r.generate.max.as_secs_f64() * 1e3),
+        encode_mean_ms = format!("{:.1}", r.encode.mean().as_secs_f64() * 1e3),
         max_lag_ms = format!("{:.1}", r.max_lag.as_secs_f64() * 1e3),
         out = %r.out_dir.display(),
         truth = %r.truth_dir.as_ref().map_or("none".into(), |d| d.display().to_string()),

@@ -190,6 +190,8 @@ pub fn random_trajectory(
         }
     }
 
+    // Exactly zero, not −0.0, at the reference.
+    raw[0] = [0.0; 6];
     let params = raw
         .iter()
         .map(|r| {

@@ -456,6 +456,12 @@ impl SynthSeries {
         self.sigma
     }
 
+    /// The fixed map from the reference's FSL scaled-mm frame to the
+    /// phantom's head coordinates (world RAS about the field-of-view centre).
+    pub fn head_from_fsl(&self) -> Matrix4<f64> {
+        self.head_from_fsl
+    }
+
     /// Noise-free phantom intensity at a point given in the reference's FSL
     /// scaled-mm frame (no task, no drift).
     pub fn reference_intensity(&self, y_fsl: Vector3<f64>) -> f64 {

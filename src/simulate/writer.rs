@@ -213,6 +213,35 @@ pub struct FaultRecord {
     pub detail: String,
 }
 
+/// Count, total and maximum of a repeated step's durations.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// Steps timed.
+    pub count: u32,
+    /// Sum of their durations.
+    pub total: Duration,
+    /// The longest.
+    pub max: Duration,
+}
+
+impl Timing {
+    /// Add one step.
+    pub fn add(&mut self, d: Duration) {
+        self.count += 1;
+        self.total += d;
+        self.max = self.max.max(d);
+    }
+
+    /// Mean duration (zero when nothing was timed).
+    pub fn mean(&self) -> Duration {
+        if self.count == 0 {
+            Duration::ZERO
+        } else {
+            self.total / self.count
+        }
+    }
+}
+
 /// What a simulation did.
 #[derive(Debug, Clone)]
 pub struct SimulationReport {
@@ -230,10 +259,10 @@ pub struct SimulationReport {
     pub stopped: bool,
     /// Wall time of the whole simulation.
     pub elapsed: Duration,
-    /// Mean and maximum time to render and encode one volume.
-    pub render_mean: Duration,
-    /// See `render_mean`.
-    pub render_max: Duration,
+    /// Time to generate (or fetch) each volume written.
+    pub generate: Timing,
+    /// Time to encode each file's bytes (NIfTI, gzip, corruption).
+    pub encode: Timing,
     /// How far behind its slot the writer ever started a file (paced modes).
     pub max_lag: Duration,
 }
@@ -473,12 +502,10 @@ impl ScanWriter {
             faults: schedule.faults.clone(),
             stopped: false,
             elapsed: Duration::ZERO,
-            render_mean: Duration::ZERO,
-            render_max: Duration::ZERO,
+            generate: Timing::default(),
+            encode: Timing::default(),
             max_lag: Duration::ZERO,
         };
-        let mut render_total = Duration::ZERO;
-        let mut renders = 0u32;
         for action in &schedule.actions {
             if self
                 .opts
@@ -489,12 +516,13 @@ impl ScanWriter {
                 report.stopped = true;
                 break;
             }
+            let before_gen = report.generate.total;
             let t0 = Instant::now();
-            let (bytes, valid) = self.content(src, plan, action, &nifti)?;
-            let dt = t0.elapsed();
-            render_total += dt;
-            renders += 1;
-            report.render_max = report.render_max.max(dt);
+            let (bytes, valid) = self.content(src, plan, action, &nifti, &mut report.generate)?;
+            let gen_time = report.generate.total;
+            report
+                .encode
+                .add(t0.elapsed().saturating_sub(gen_time - before_gen));
 
             if let Some(offset) = self.slot_time(src, action.slot) {
                 let target = start + offset;
@@ -532,9 +560,6 @@ impl ScanWriter {
             }
             report.written.push(file);
         }
-        if renders > 0 {
-            report.render_mean = render_total / renders;
-        }
         report.elapsed = start.elapsed();
         Ok(report)
     }
@@ -562,14 +587,21 @@ impl ScanWriter {
         plan: &FaultPlan,
         action: &Action,
         nifti: &WriteOptions,
+        timing: &mut Timing,
     ) -> Result<(Vec<u8>, bool), SimError> {
+        let mut fetch = || {
+            let t = Instant::now();
+            let v = src.volume(action.index);
+            timing.add(t.elapsed());
+            v
+        };
         let enc_err = |source| SimError::Io {
             path: self.out_dir.join(&action.name),
             source,
         };
         let kind = match action.content {
             Content::Valid => {
-                let vol = src.volume(action.index)?;
+                let vol = fetch()?;
                 return Ok((encode_volume(&vol, nifti).map_err(enc_err)?, true));
             }
             Content::Corrupt(k) => k,
@@ -577,18 +609,16 @@ impl ScanWriter {
         let bytes = match kind {
             CorruptKind::Empty => Vec::new(),
             CorruptKind::Truncated => {
-                let mut b = encode_volume(&src.volume(action.index)?, nifti).map_err(enc_err)?;
+                let mut b = encode_volume(&fetch()?, nifti).map_err(enc_err)?;
                 b.truncate(b.len() / 2);
                 b
             }
             CorruptKind::Garbage => {
-                let len = encode_volume(&src.volume(action.index)?, nifti)
-                    .map_err(enc_err)?
-                    .len();
+                let len = encode_volume(&fetch()?, nifti).map_err(enc_err)?.len();
                 garbage(len, mix_seed(plan.seed ^ TAG_GARBAGE, action.index as u64))
             }
             CorruptKind::Nan => {
-                let mut vol = src.volume(action.index)?;
+                let mut vol = fetch()?;
                 let [nx, ny, nz] = vol.grid().dims;
                 let k = nz / 2;
                 vol.values_mut()[nx * ny * k..nx * ny * (k + 1)].fill(f32::NAN);
@@ -599,7 +629,7 @@ impl ScanWriter {
                 encode_volume(&vol, &f32opts).map_err(enc_err)?
             }
             CorruptKind::Dims => {
-                let vol = wrong_dims(&src.volume(action.index)?);
+                let vol = wrong_dims(&fetch()?);
                 encode_volume(&vol, nifti).map_err(enc_err)?
             }
         };
