@@ -32,9 +32,9 @@ const NA: &str = "n/a";
 
 /// Read a BIDS events file.
 pub fn read_events(path: &Path) -> Result<Vec<Event>, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| SimError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     parse_events(&text, path)
 }
@@ -146,9 +146,9 @@ pub fn format_events(events: &[Event]) -> String {
 
 /// Write `events` as a BIDS events file.
 pub fn write_events(path: &Path, events: &[Event]) -> Result<(), SimError> {
-    std::fs::write(path, format_events(events)).map_err(|source| SimError::Io {
+    std::fs::write(path, format_events(events)).map_err(|error| SimError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 

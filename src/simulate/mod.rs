@@ -58,12 +58,14 @@ use crate::formats::nifti::{OutputType, ReadError};
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    // The cause is part of the message (not a `source`), so a one-line
+    // `to_string()` says everything and anyhow chains do not repeat it.
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A text input (events, `.par`) has a bad line.
     #[error("{}:{line}: {message}", path.display())]
@@ -82,12 +84,12 @@ pub enum SimError {
     #[error("simulation spec: {0}")]
     Spec(String),
     /// A NIfTI file to replay could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// The reader's error.
-        source: ReadError,
+        error: ReadError,
     },
 }
 

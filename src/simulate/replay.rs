@@ -26,9 +26,9 @@ pub struct ReplaySeries {
 impl ReplaySeries {
     /// Read `path`; the TR is `tr` when given, else the header's.
     pub fn open(path: &Path, tr: Option<f64>) -> Result<ReplaySeries, SimError> {
-        let series = read_series(path).map_err(|source| SimError::Read {
+        let series = read_series(path).map_err(|error| SimError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let tr = tr.or(series.tr).ok_or_else(|| {
             SimError::Spec(format!(
@@ -113,16 +113,16 @@ pub fn write_4d(
     for run in 1..=runs {
         let out = run_path(path, run as u32, runs);
         if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| SimError::Io {
+            std::fs::create_dir_all(parent).map_err(|error| SimError::Io {
                 path: parent.to_path_buf(),
-                source,
+                error,
             })?;
         }
         let first = (run - 1) * per;
         let vols: Vec<Volume> = (first..first + per).map(|i| series.volume(i)).collect();
-        write_series(&out, &vols, &opts).map_err(|source| SimError::Io {
+        write_series(&out, &vols, &opts).map_err(|error| SimError::Io {
             path: out.clone(),
-            source,
+            error,
         })?;
         let name = out
             .file_name()

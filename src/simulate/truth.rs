@@ -26,9 +26,9 @@ use crate::formats::nifti::WriteOptions;
 use crate::realign::transform::MotionParams;
 
 fn write_file(path: &Path, text: &str) -> Result<(), SimError> {
-    std::fs::write(path, text).map_err(|source| SimError::Io {
+    std::fs::write(path, text).map_err(|error| SimError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -42,9 +42,9 @@ pub fn par_row(p: &MotionParams) -> String {
 
 /// Read a `.par` file (six whitespace-separated numbers per line).
 pub fn read_motion_par(path: &Path) -> Result<Vec<MotionParams>, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SimError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| SimError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -76,9 +76,9 @@ pub(crate) fn write_truth(
     schedule: &Schedule,
     nifti: &WriteOptions,
 ) -> Result<(), SimError> {
-    std::fs::create_dir_all(dir).map_err(|source| SimError::Io {
+    std::fs::create_dir_all(dir).map_err(|error| SimError::Io {
         path: dir.to_path_buf(),
-        source,
+        error,
     })?;
     let centre = src.centre();
     let mut tsv = String::from(

@@ -108,7 +108,7 @@ impl VolumeSource for SynthSeries {
         ] {
             let path = dir.join(format!("{name}.{ext}"));
             crate::formats::nifti::write_volume(&path, &vol, &f32opts)
-                .map_err(|source| SimError::Io { path, source })?;
+                .map_err(|error| SimError::Io { path, error })?;
         }
         Ok(())
     }
@@ -439,9 +439,9 @@ pub struct ScanWriter {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SimError + '_ {
-    move |source| SimError::Io {
+    move |error| SimError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -595,9 +595,9 @@ impl ScanWriter {
             timing.add(t.elapsed());
             v
         };
-        let enc_err = |source| SimError::Io {
+        let enc_err = |error| SimError::Io {
             path: self.out_dir.join(&action.name),
-            source,
+            error,
         };
         let kind = match action.content {
             Content::Valid => {
