@@ -159,6 +159,9 @@ pub struct SimulateArgs {
     /// Write as fast as possible instead of one volume per TR.
     #[arg(long)]
     pub fast: bool,
+    /// Pace at this many times real time (e.g. 10 for a quick demo).
+    #[arg(long, default_value_t = 1.0, conflicts_with = "fast")]
+    pub speed: f64,
     /// Grid dimensions, e.g. 64x64x36.
     #[arg(long, value_parser = parse_dims, default_value = "64x64x36")]
     pub dims: [usize; 3],
@@ -287,13 +290,24 @@ impl SimulateArgs {
         Ok(plan)
     }
 
-    fn writer_options(&self) -> anyhow::Result<WriterOptions> {
+    /// Writer options; `tr` is the session's (for `--speed`).
+    fn writer_options(&self, tr: f64) -> anyhow::Result<WriterOptions> {
         if !(self.run_gap.is_finite() && self.run_gap >= 0.0) {
             bail!(
                 "--run-gap {} must be a non-negative number of seconds",
                 self.run_gap
             );
         }
+        if !(self.speed.is_finite() && self.speed > 0.0) {
+            bail!("--speed {} must be a positive factor", self.speed);
+        }
+        let pace = if self.fast {
+            Pace::Fast
+        } else if self.speed == 1.0 {
+            Pace::Realtime
+        } else {
+            Pace::Interval(Duration::from_secs_f64(tr / self.speed))
+        };
         Ok(WriterOptions {
             naming: self.naming,
             gzip: self.gzip,
@@ -302,13 +316,9 @@ impl SimulateArgs {
             } else {
                 OutputType::F32
             },
-            pace: if self.fast {
-                Pace::Fast
-            } else {
-                Pace::Realtime
-            },
+            pace,
             session: self.session,
-            run_gap: Duration::from_secs_f64(self.run_gap),
+            run_gap: Duration::from_secs_f64(self.run_gap / self.speed),
             truth: match (&self.truth, self.no_truth) {
                 (_, true) => TruthLocation::Nowhere,
                 (Some(d), false) => TruthLocation::Dir(d.clone()),
@@ -342,7 +352,6 @@ pub fn run_simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         bail!("nothing to do: give --out DIR to stream volumes and/or --write-4d FILE");
     }
     let plan = args.fault_plan()?;
-    let opts = args.writer_options()?;
 
     if let Some(file) = &args.replay {
         if args.write_4d.is_some() {
@@ -351,6 +360,7 @@ pub fn run_simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         let src = ReplaySeries::open(file, args.tr)?;
         let out = args.out.as_ref().context("--replay needs --out DIR")?;
         tracing::info!(file = %file.display(), volumes = src.len(), tr = src.tr(), "replaying");
+        let opts = args.writer_options(src.tr())?;
         let report = ScanWriter::new(out, opts).run(&src, &plan)?;
         log_report(&report);
         return Ok(());
@@ -394,6 +404,7 @@ pub fn run_simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(out) = &args.out {
+        let opts = args.writer_options(series.tr())?;
         let report = ScanWriter::new(out, opts).run(&series, &plan)?;
         log_report(&report);
     }

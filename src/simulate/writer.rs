@@ -405,7 +405,15 @@ pub(crate) fn plan_schedule(
                 record("corrupt", &name, format!("{}: {detail}", kind.name()));
             }
         }
-        if vf.partial && vf.fault != Some(Fault::Drop) {
+        // Truncated and empty files are written directly whatever the plan
+        // says, and a dropped volume is not written at all: only files that
+        // really went out in chunks are listed as partial.
+        let chunked = actions
+            .iter()
+            .rev()
+            .take_while(|a| a.index == i)
+            .any(|a| a.mode == Mode::Partial);
+        if chunked {
             record(
                 "partial",
                 &name,
