@@ -358,3 +358,25 @@ fn any_grid_and_storage_order_works() {
         }
     }
 }
+
+/// The truth maps volume → reference: the head's centre of gravity seen in
+/// volume i, mapped by M_i, lands on the reference's centre of gravity.
+#[test]
+fn truth_direction_is_volume_to_reference() {
+    let p = [0.02, -0.03, 0.015, 2.0, -1.5, 1.0];
+    let mut rows = vec![[0.0; 6]; 6];
+    rows[3] = p;
+    let s = SynthSeries::new(SynthSpec {
+        dims: [48, 56, 40],
+        voxel_mm: [4.0, 4.0, 4.0],
+        ..clean(MotionModel::Explicit(rows))
+    })
+    .unwrap();
+    let c0 = s.volume(0).fsl_centre_of_gravity();
+    let c3 = s.volume(3).fsl_centre_of_gravity();
+    let mapped = Grid::apply(&s.matrix(3), c3);
+    assert!((mapped - c0).norm() < 0.1, "{mapped:?} vs {c0:?}");
+    // The inverse direction would be off by about the motion itself.
+    let wrong = Grid::apply(&s.matrix(3).try_inverse().unwrap(), c3);
+    assert!((wrong - c0).norm() > 2.0);
+}
