@@ -394,3 +394,29 @@ fn replay_streams_a_4d_file_and_4d_export_splits_runs() {
 
     assert!(ReplaySeries::open(&dir.path().join("missing.nii"), None).is_err());
 }
+
+#[test]
+fn a_paced_writer_stops_while_waiting_for_the_next_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("export");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = WriterOptions {
+        // Slots an hour apart: only stopping ends this run.
+        pace: Pace::Interval(Duration::from_secs(3600)),
+        notify: Some(tx),
+        stop: Some(stop.clone()),
+        truth: TruthLocation::Nowhere,
+        ..WriterOptions::default()
+    };
+    let handle = std::thread::spawn(move || {
+        let series = SynthSeries::new(spec(3)).unwrap();
+        ScanWriter::new(&out, opts).run(&series, &FaultPlan::none())
+    });
+    let first = rx.recv().unwrap();
+    assert_eq!(first.index, 0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let report = handle.join().unwrap().unwrap();
+    assert!(report.stopped);
+    assert_eq!(report.written, [first]);
+}

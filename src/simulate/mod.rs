@@ -153,7 +153,7 @@ pub struct SimulateArgs {
     /// Volumes per run.
     #[arg(long, default_value_t = 200)]
     pub volumes: usize,
-    /// Repetition time in seconds [default: 1.5, or the replayed header's].
+    /// Repetition time in seconds (default: 1.5, or the replayed header's).
     #[arg(long)]
     pub tr: Option<f64>,
     /// Write as fast as possible instead of one volume per TR.
@@ -207,14 +207,14 @@ pub struct SimulateArgs {
     /// Seed for motion, noise, events and faults.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Truth folder [default: <out>_truth next to the output folder].
+    /// Truth folder (default: OUT_truth next to the output folder OUT).
     #[arg(long, value_name = "DIR")]
     pub truth: Option<PathBuf>,
     /// Do not write a truth folder.
     #[arg(long, conflicts_with = "truth")]
     pub no_truth: bool,
     /// Also write the clean (fault-free) series as 4-D NIfTI (one file per
-    /// run) with its truth in <FILE stem>_truth, or --truth without --out.
+    /// run) with its truth in STEM_truth next to it (or --truth without --out).
     #[arg(long = "write-4d", value_name = "FILE")]
     pub write_4d: Option<PathBuf>,
     /// Task response in % signal change.

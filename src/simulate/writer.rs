@@ -536,7 +536,10 @@ impl ScanWriter {
                 let target = start + offset;
                 let now = Instant::now();
                 if target > now {
-                    std::thread::sleep(target - now);
+                    if !self.sleep_until(target) {
+                        report.stopped = true;
+                        break;
+                    }
                 } else {
                     let lag = now - target;
                     report.max_lag = report.max_lag.max(lag);
@@ -570,6 +573,27 @@ impl ScanWriter {
         }
         report.elapsed = start.elapsed();
         Ok(report)
+    }
+
+    /// Sleep until `target`, waking now and then to honour the stop flag;
+    /// false when stopped.
+    fn sleep_until(&self, target: Instant) -> bool {
+        let stopped = || {
+            self.opts
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Relaxed))
+        };
+        loop {
+            let now = Instant::now();
+            if now >= target {
+                return true;
+            }
+            if stopped() {
+                return false;
+            }
+            std::thread::sleep((target - now).min(Duration::from_millis(50)));
+        }
     }
 
     /// When slot `slot` is due, or `None` when not pacing.
