@@ -412,7 +412,8 @@ impl SynthSeries {
         &self.jerks
     }
 
-    /// Volume → reference matrix (FSL scaled mm) of volume `i`.
+    /// Volume → reference matrix (FSL scaled mm) of volume `i`. Panics when
+    /// `i` is out of range.
     pub fn matrix(&self, i: usize) -> Matrix4<f64> {
         self.motion[i].to_matrix(self.centre)
     }
@@ -425,7 +426,7 @@ impl SynthSeries {
             .map_or(&[], Vec::as_slice)
     }
 
-    /// Everything known about volume `i`.
+    /// Everything known about volume `i`. Panics when `i` is out of range.
     pub fn frame(&self, i: usize) -> FrameTruth {
         let key = self.key(i);
         let r = key.run as usize - 1;
