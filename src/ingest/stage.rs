@@ -142,11 +142,18 @@ pub(crate) fn start(
     counters
         .polling
         .store(watching.is_polling(), Ordering::Relaxed);
+    // Listed here, after the watcher started and before spawn() returns, so
+    // that nothing falls between the two and so that "present at start-up"
+    // means present when the caller got its handle.
+    let initial = match watch::scan(&dir) {
+        Ok(files) => files,
+        Err(source) => return Err(IngestError::WatchDir { path: dir, source }),
+    };
     let now = Instant::now();
     let auto = (cfg.mode == WatchMode::Auto && !watching.is_polling()).then(|| AutoCheck {
         next_scan: now + IngestConfig::secs(cfg.scan_interval),
         reported: HashSet::new(),
-        preexisting: HashSet::new(),
+        preexisting: initial.iter().cloned().collect(),
         unreported: HashMap::new(),
         switch_failed: false,
     });
@@ -179,6 +186,7 @@ pub(crate) fn start(
         ignored_exts: HashSet::new(),
         downstream_gone: false,
         notices,
+        initial,
     };
     let thread = std::thread::Builder::new()
         .name("ingest".into())
@@ -207,6 +215,8 @@ struct Stage {
     ignored_exts: HashSet<String>,
     downstream_gone: bool,
     notices: Vec<String>,
+    /// The folder's files when the stage started.
+    initial: Vec<PathBuf>,
 }
 
 /// Size and mtime of `path`; `Ok(None)` when nothing is there.
@@ -230,11 +240,7 @@ impl Stage {
             self.emit(IngestEvent::Notice(n));
         }
         let now = Instant::now();
-        let files = self.list();
-        if let Some(a) = &mut self.auto {
-            a.preexisting = files.iter().cloned().collect();
-        }
-        for f in files {
+        for f in std::mem::take(&mut self.initial) {
             self.on_path(f, true, now);
         }
         loop {
