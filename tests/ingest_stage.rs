@@ -644,6 +644,27 @@ fn auto_mode_on_a_share_without_events_switches_to_polling() {
 }
 
 #[test]
+fn a_native_watcher_that_cannot_start_falls_back_to_polling() {
+    let mut f = Fixture::new(|c| {
+        c.mode = WatchMode::Events;
+        c.event_source = EventSource::Broken;
+        c.poll_interval = 0.05;
+    });
+    let evs = f.expect(&["notice"]);
+    match &evs[0] {
+        IngestEvent::Notice(n) => assert!(n.contains("polling every 50 ms"), "{n}"),
+        other => panic!("{other:?}"),
+    }
+    for i in 0..2 {
+        f.write(&bids(1, i), &vol(i));
+    }
+    f.expect(&["start 1", "vol 1/0", "vol 1/1"]);
+    let (rest, stats) = f.stop();
+    assert_eq!(rest, vec!["end 1"]);
+    assert!(stats.polling);
+}
+
+#[test]
 fn siemens_names_start_at_volume_one() {
     let mut f = Fixture::new(|c| c.naming = "siemens".into());
     for i in [1u32, 3, 4] {

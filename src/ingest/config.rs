@@ -38,6 +38,9 @@ pub enum EventSource {
     /// A watcher that never reports anything, like inotify on an SMB/NFS
     /// mount. Only `auto` mode's periodic scan can notice files then.
     Silent,
+    /// A watcher that cannot be created (inotify watch limit reached, say):
+    /// ingest falls back to polling.
+    Broken,
 }
 
 /// Settings of the ingest stage. Every field but `watch_dir` has a default.

@@ -278,6 +278,14 @@ impl<T> Reorder<T> {
         out
     }
 
+    /// Something is still happening in `run` (a file of it is growing):
+    /// it is not idle.
+    pub fn activity(&mut self, run: u32, now: Instant) {
+        if let Some(r) = self.runs.get_mut(&run) {
+            r.last_activity = now;
+        }
+    }
+
     /// Time-driven decisions: gaps past `gap_timeout`, idle runs.
     pub fn tick(&mut self, now: Instant) -> Vec<Output<T>> {
         let mut out = Vec::new();
@@ -720,6 +728,10 @@ mod tests {
         assert_eq!(t.r.next_deadline(), Some(t.at(3010)));
         assert_eq!(t.tick(3010), vec![Miss(1, 1, None), Vol(1, 2, false)]);
         assert_eq!(t.r.next_deadline(), Some(t.at(60_020)));
+        t.r.activity(1, t.at(5_000)); // volume 4's file grows
+        assert_eq!(t.tick(60_020), vec![]);
+        assert_eq!(t.r.next_deadline(), Some(t.at(65_000)));
+        t.r.activity(1, t.at(20)); // back to the original idle start
         assert_eq!(t.tick(60_019), vec![]);
         assert_eq!(
             t.tick(60_020),

@@ -228,6 +228,31 @@ fn stat(path: &Path) -> std::io::Result<Option<FileStat>> {
     }
 }
 
+/// [`nifti::read_volume`], with a panic in the reader turned into an error:
+/// a reader bug met by one odd file must cost that file, not the session.
+fn read_guarded(path: &Path) -> Result<Volume, Failure> {
+    match std::panic::catch_unwind(|| nifti::read_volume(path)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failure::Decode {
+            message: e.to_string(),
+            may_be_incomplete: e.may_be_incomplete(),
+        }),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::error!("{}: the NIfTI reader panicked ({what})", path.display());
+            Err(Failure::Decode {
+                message: format!("the NIfTI reader panicked: {what}"),
+                // It may have been a partial file that tripped it.
+                may_be_incomplete: true,
+            })
+        }
+    }
+}
+
 /// Most messages taken per loop turn, so that a flood of events cannot
 /// starve decoding and timeouts.
 const DRAIN_MAX: usize = 10_000;
@@ -505,17 +530,23 @@ impl Stage {
             return;
         };
         p.last_attempt = Some(now);
+        let key = p.key;
         match stat(path) {
             Ok(None) => return self.removed(path),
             Ok(Some(s)) => {
-                p.observe(s, now);
+                if p.observe(s, now) && p.rewrite_of.is_none() {
+                    // A file still growing keeps its run alive.
+                    self.reorder.activity(key.run, now);
+                }
             }
             Err(_) => {}
         }
+        let Some(p) = self.pending.get_mut(path) else {
+            return;
+        };
         p.attempts += 1;
-        let key = p.key;
         let t0 = Instant::now();
-        let result = nifti::read_volume(path);
+        let result = read_guarded(path);
         let decoded = Instant::now();
         let failure = match result {
             Ok(vol) => {
@@ -532,14 +563,11 @@ impl Stage {
                     Err(msg) => Failure::Invalid(msg),
                 }
             }
-            Err(e) => {
+            Err(failure) => {
                 if matches!(stat(path), Ok(None)) {
                     return self.removed(path);
                 }
-                Failure::Decode {
-                    message: e.to_string(),
-                    may_be_incomplete: e.may_be_incomplete(),
-                }
+                failure
             }
         };
         let Some(p) = self.pending.get_mut(path) else {

@@ -102,6 +102,9 @@ fn handler(tx: Sender<Msg>, origin: Origin) -> impl FnMut(notify::Result<Event>)
 pub fn start_native(dir: &Path, tx: Sender<Msg>, source: EventSource) -> notify::Result<Watching> {
     match source {
         EventSource::Silent => Ok(Watching::Silent),
+        EventSource::Broken => Err(notify::Error::generic(
+            "native watcher unavailable (emulated failure)",
+        )),
         EventSource::Os => {
             let mut w =
                 RecommendedWatcher::new(handler(tx, Origin::Native), notify::Config::default())?;
