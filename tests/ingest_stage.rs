@@ -505,6 +505,30 @@ fn a_second_quarantine_of_the_same_name_does_not_overwrite_the_first() {
 }
 
 #[test]
+fn a_quarantine_that_cannot_move_the_file_still_reports_it_once() {
+    let mut f = Fixture::new(|c| {
+        // A folder below a regular file cannot be created.
+        let blocker = c.watch_dir.parent().expect("parent").join("blocker");
+        std::fs::write(&blocker, b"").expect("write");
+        c.quarantine_dir = Some(blocker.join("q"));
+    });
+    f.write(&bids(1, 0), &vol(0));
+    f.expect(&["start 1", "vol 1/0"]);
+    let bad = f.write_raw(&bids(1, 1), b"garbage");
+    let evs = f.expect(&["quarantined 1/1", "missing 1/1 quarantined"]);
+    let (path, moved_to, reason) = quarantine_reason(&evs[0]);
+    assert_eq!((path, moved_to), (bad.as_path(), bad.as_path()));
+    assert!(reason.contains("left in place"), "{reason}");
+    assert!(bad.exists());
+    // Not retried: the next event is the next volume's.
+    f.write(&bids(1, 2), &vol(2));
+    f.expect(&["vol 1/2"]);
+    let (rest, stats) = f.stop();
+    assert_eq!(rest, vec!["end 1"]);
+    assert_eq!(stats.quarantined, 1);
+}
+
+#[test]
 fn a_file_removed_before_it_could_be_read_is_counted_not_quarantined() {
     let mut f = Fixture::new(|c| c.partial_timeout = 60.0);
     f.write(&bids(1, 0), &vol(0));

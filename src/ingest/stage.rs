@@ -694,7 +694,9 @@ impl Stage {
             key: Some(p.key),
             first_seen: Some(p.first_seen_wall),
         };
-        let moved_to = match quarantine::move_aside(&self.qdir, path, &p.suffix, &details) {
+        let moved = quarantine::move_aside(&self.qdir, path, &p.suffix, &details);
+        let mut reason = reason;
+        let moved_to = match moved {
             Ok(m) => {
                 let left = if m.original_left {
                     stat(path).ok().flatten()
@@ -705,7 +707,9 @@ impl Stage {
                     .insert(path.to_path_buf(), Done::Gone { stat: left });
                 m.to
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && matches!(stat(path), Ok(None)) =>
+            {
                 self.pending.insert(path.to_path_buf(), p);
                 return self.removed(path);
             }
@@ -722,6 +726,7 @@ impl Stage {
                         stat: stat(path).ok().flatten(),
                     },
                 );
+                reason.push_str(&format!(" [left in place: could not be moved: {e}]"));
                 path.to_path_buf()
             }
         };
