@@ -4,6 +4,17 @@
 //! Out: [`IngestConfig`], checked by [`IngestConfig::validate`] before the
 //! stage starts. Durations are given in seconds (`f64`) so that a config
 //! file reads `gap_timeout = 3.0` rather than a nested struct.
+//!
+//! ```toml
+//! watch_dir = "/mnt/scanner/export"   # the only required field
+//! mode = "auto"                        # auto | events | poll
+//! naming = "siemens"                   # auto | bids | siemens | a regex
+//! partial_timeout = 10.0
+//! reorder_window = 2
+//! gap_timeout = 3.0
+//! volumes_per_run = 300
+//! quarantine_dir = "/data/session/quarantine"
+//! ```
 
 use std::path::PathBuf;
 use std::time::Duration;

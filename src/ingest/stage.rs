@@ -157,6 +157,17 @@ pub(crate) fn start(
         unreported: HashMap::new(),
         switch_failed: false,
     });
+    tracing::info!(
+        "ingest watching {} ({}; naming {:?}; quarantine {})",
+        dir.display(),
+        match (&watching, &auto) {
+            (Watching::Poll(_), _) => format!("polling every {} ms", poll_interval.as_millis()),
+            (_, Some(_)) => "native events, checked by a listing".to_string(),
+            _ => "native events".to_string(),
+        },
+        cfg.naming,
+        qdir.display()
+    );
     let retry = IngestConfig::secs(cfg.retry_interval);
     let stage = Stage {
         policy: RetryPolicy {
