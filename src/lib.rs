@@ -12,10 +12,13 @@
 //! - [`simulate`]: a scanner simulator with known motion and fault injection.
 
 pub mod buffer;
+pub mod config;
+pub mod demo;
 pub mod formats;
 pub mod ingest;
 pub mod mask;
 pub mod messages;
+pub mod pipeline;
 pub mod realign;
 pub mod simulate;
 pub mod sinks;

@@ -1,6 +1,18 @@
 //! The `boldstream` binary: subcommands over the library.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use boldstream::config::Config;
+use boldstream::formats::nifti;
+use boldstream::pipeline::{Pipeline, PipelineOptions};
+use boldstream::realign::realign_series;
 
 #[derive(Debug, Parser)]
 #[command(name = "boldstream", version, about = "Real-time fMRI decoding daemon")]
@@ -11,21 +23,165 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: watch the export folder and process volumes live
+    /// until interrupted (Ctrl-C / SIGTERM).
+    Run {
+        /// Configuration file (TOML); see systemd/boldstream.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The simulator feeding the daemon end to end, with no input needed:
+    /// live motion and QC per volume, then a summary against the truth.
+    Demo(boldstream::demo::DemoOptions),
     /// Simulate a scanner: write synthetic (or replayed) volumes into a
     /// folder, with known truth and injected faults.
-    Simulate(boldstream::simulate::SimulateArgs),
+    Simulate(Box<boldstream::simulate::SimulateArgs>),
+    /// Realign a 4-D NIfTI offline with the live path's code and write
+    /// MCFLIRT-convention parameters.
+    Realign {
+        /// 4-D series (.nii / .nii.gz).
+        input: PathBuf,
+        /// Output `.par` file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Reference image (default: the first volume).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Also write per-volume registration+resampling times (seconds).
+        #[arg(long)]
+        timing: Option<PathBuf>,
+    },
+}
+
+/// Logs: stderr (journald-friendly: no colours unless a terminal) at
+/// `RUST_LOG` or `stderr_level`, plus the session's `boldstream.log` at
+/// info when a session folder is given.
+fn init_logging(stderr_level: &str, session_dir: Option<&Path>) -> anyhow::Result<()> {
+    let stderr_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(stderr_level));
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_filter(stderr_filter);
+    let file = match session_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join("boldstream.log");
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(Arc::new(f))
+                    .with_ansi(false)
+                    .with_filter(EnvFilter::new("info")),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(file)
+        .try_init()?;
+    Ok(())
+}
+
+/// Block until SIGINT or SIGTERM.
+fn wait_for_shutdown() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })
+    .context("waiting for a shutdown signal")
+}
+
+fn run(config_path: &Path) -> anyhow::Result<()> {
+    let (mut config, text) = Config::load(config_path)?;
+    let session_dir = config.session_dir();
+    config.session.dir = Some(session_dir.clone());
+    init_logging("info", Some(&session_dir))?;
+    let pipeline = Pipeline::start(&config, &text, PipelineOptions::default())?;
+    tracing::info!(
+        "watching {} ({:?} mode); session folder {}",
+        config.ingest.watch_dir.display(),
+        config.ingest.mode,
+        session_dir.display()
+    );
+    wait_for_shutdown()?;
+    tracing::info!("shutting down: draining the pipeline");
+    let s = pipeline.stop();
+    tracing::info!(
+        "stopped: {} volumes realigned, {} missing, {} late, {} duplicates, {} quarantined, {} realign failures, {} store errors",
+        s.realigned,
+        s.ingest.missing,
+        s.ingest.late,
+        s.ingest.duplicates,
+        s.ingest.quarantined,
+        s.realign_failed,
+        s.store_errors
+    );
+    Ok(())
+}
+
+fn realign_offline(
+    input: &Path,
+    out: &Path,
+    reference: Option<&Path>,
+    timing: Option<&Path>,
+) -> anyhow::Result<()> {
+    let series =
+        nifti::read_series(input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    let reference = reference
+        .map(|p| nifti::read_volume(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
+        .transpose()?;
+    let results = realign_series(&series.volumes, reference.as_ref(), Default::default())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
+    let mut par = String::new();
+    let mut times = String::from("volume\tseconds\n");
+    for (i, (p, secs)) in results.iter().enumerate() {
+        par.push_str(&p.par_line());
+        par.push('\n');
+        times.push_str(&format!("{i}\t{secs:.6}\n"));
+    }
+    std::fs::write(out, par).with_context(|| format!("writing {}", out.display()))?;
+    if let Some(t) = timing {
+        std::fs::write(t, times).with_context(|| format!("writing {}", t.display()))?;
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match Cli::parse().command {
-        Command::Simulate(args) => boldstream::simulate::run_simulate(&args),
+        Command::Run { config } => run(&config),
+        Command::Demo(opts) => {
+            // The console sink is the demo's output (it shows every gap,
+            // duplicate and quarantine); the full log goes to the session
+            // folder, stderr carries only errors.
+            let base = opts.new_base();
+            init_logging("error", Some(&base.join("session")))?;
+            boldstream::demo::run_demo(&opts, &base).map(|_| ())
+        }
+        Command::Simulate(args) => {
+            init_logging("info", None)?;
+            boldstream::simulate::run_simulate(&args)
+        }
+        Command::Realign {
+            input,
+            out,
+            reference,
+            timing,
+        } => {
+            init_logging("info", None)?;
+            realign_offline(&input, &out, reference.as_deref(), timing.as_deref())
+        }
     }
 }

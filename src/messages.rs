@@ -64,6 +64,9 @@ pub enum MissingReason {
     NotReceived,
     /// The only file for this index was quarantined (reason attached).
     Quarantined(String),
+    /// A file for this index was still incomplete when the wait for it ran
+    /// out; later volumes went on, and it is delivered late if it completes.
+    StillIncomplete,
 }
 
 /// Everything ingest reports downstream, in the order it happens.

@@ -173,6 +173,9 @@ fn describe(e: &IngestEvent) -> String {
             MissingReason::Quarantined(_) => {
                 format!("missing {}/{} quarantined", key.run, key.index)
             }
+            MissingReason::StillIncomplete => {
+                format!("missing {}/{} incomplete", key.run, key.index)
+            }
         },
         IngestEvent::Duplicate { key, path } => format!(
             "dup {}/{} {}",

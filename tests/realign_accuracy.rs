@@ -23,7 +23,8 @@ fn measure(spec: SynthSpec) -> Errors {
     let series = SynthSeries::new(spec).expect("valid spec");
     let volumes: Vec<_> = (0..series.len()).map(|i| series.volume(i)).collect();
     let est = realign_series(&volumes, None, RegistrationOptions::default()).expect("realigns");
-    let (mut sr, mut st, mut mr, mut mt, mut tr, mut tt) = (0.0, 0.0, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let (mut sr, mut st, mut mr, mut mt, mut tr, mut tt) =
+        (0.0, 0.0, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for (i, (p, _)) in est.iter().enumerate() {
         let truth = series.truth(i).0;
         for a in 0..3 {
@@ -54,9 +55,20 @@ fn check(label: &str, e: &Errors) {
         e.rms_deg, e.rms_mm, e.max_deg, e.max_mm, e.truth_max_deg, e.truth_max_mm
     );
     // The motion must be real for the test to mean anything.
-    assert!(e.truth_max_mm > 0.5 && e.truth_max_deg > 0.5, "{label}: trajectory too small");
-    assert!(e.rms_deg < 0.1, "{label}: rotation RMS error {} deg", e.rms_deg);
-    assert!(e.rms_mm < 0.1, "{label}: translation RMS error {} mm", e.rms_mm);
+    assert!(
+        e.truth_max_mm > 0.5 && e.truth_max_deg > 0.5,
+        "{label}: trajectory too small"
+    );
+    assert!(
+        e.rms_deg < 0.1,
+        "{label}: rotation RMS error {} deg",
+        e.rms_deg
+    );
+    assert!(
+        e.rms_mm < 0.1,
+        "{label}: translation RMS error {} mm",
+        e.rms_mm
+    );
 }
 
 #[test]

@@ -10,10 +10,12 @@
 //!
 //! Rules (per run):
 //! - volume `next` is released as soon as it is taken; later ones are held;
-//! - `next` is declared missing when no candidate for it is pending and
-//!   either `window` later volumes are held or `gap_timeout` has passed
-//!   since the oldest held one was taken; a pending candidate for `next`
-//!   holds everything back until it is taken or quarantined. An index whose
+//! - `next` is declared missing when `gap_timeout` has passed since the
+//!   oldest held volume was taken, or — when no candidate for it is
+//!   pending — as soon as `window` later volumes are held. A pending
+//!   candidate (a file still being written) thus holds later volumes back
+//!   for at most `gap_timeout`: real-time consumers get a bounded latency,
+//!   and the slow file is delivered late if it completes. An index whose
 //!   only candidates were quarantined is declared missing at once, with the
 //!   quarantine reason;
 //! - a volume for an index below `next` (declared missing, or below the
@@ -146,6 +148,7 @@ impl<T> Run<T> {
     fn missing_reason(&self, index: u32) -> MissingReason {
         match self.quarantined.get(&index) {
             Some(r) => MissingReason::Quarantined(r.clone()),
+            None if self.pending.contains_key(&index) => MissingReason::StillIncomplete,
             None => MissingReason::NotReceived,
         }
     }
@@ -312,15 +315,12 @@ impl<T> Reorder<T> {
     pub fn next_deadline(&self) -> Option<Instant> {
         let run = self.runs.get(&self.open?)?;
         let idle = run.last_activity + self.cfg.run_idle_timeout;
-        let gap = if run.pending.contains_key(&run.next) {
-            None
-        } else {
-            run.held
-                .values()
-                .map(|(_, t)| *t)
-                .min()
-                .map(|t| t + self.cfg.gap_timeout)
-        };
+        let gap = run
+            .held
+            .values()
+            .map(|(_, t)| *t)
+            .min()
+            .map(|t| t + self.cfg.gap_timeout);
         Some(gap.map_or(idle, |g| g.min(idle)))
     }
 
@@ -366,9 +366,7 @@ impl<T> Reorder<T> {
             if vpr.is_some_and(|n| run.next >= run.first_index.saturating_add(n)) {
                 break true;
             }
-            if run.pending.contains_key(&run.next) {
-                break false;
-            }
+            let pending = run.pending.contains_key(&run.next);
             let key = VolumeKey {
                 run: run_no,
                 index: run.next,
@@ -376,7 +374,7 @@ impl<T> Reorder<T> {
             let known_bad = run.quarantined.contains_key(&run.next);
             let oldest = run.held.values().map(|(_, t)| *t).min();
             let waited_out = oldest.is_some_and(|t| now.duration_since(t) >= self.cfg.gap_timeout);
-            if known_bad || run.held.len() >= window || waited_out {
+            if (!pending && (known_bad || run.held.len() >= window)) || waited_out {
                 out.push(Output::Missing {
                     key,
                     reason: run.missing_reason(run.next),
@@ -509,6 +507,7 @@ mod tests {
                     match reason {
                         MissingReason::NotReceived => None,
                         MissingReason::Quarantined(r) => Some(r),
+                        MissingReason::StillIncomplete => Some("still incomplete".into()),
                     },
                 ),
                 Output::Duplicate { key, .. } => E::Dup(key.run, key.index),
@@ -574,27 +573,51 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_candidate_for_next_holds_everything_back() {
+    fn a_pending_candidate_for_next_holds_later_volumes_for_gap_timeout_only() {
         let mut t = T::new(2, None);
         t.arrive(1, 0, 0);
         assert_eq!(t.seen(1, 1, 5), Seen::Candidate); // growing slowly
+        // A known, incomplete file overrides the window: more than `window`
+        // later volumes wait for it ...
         for i in 2..6 {
             assert_eq!(t.arrive(1, i, 10 * i as u64), vec![]);
         }
         assert_eq!(
             t.r.next_deadline(),
-            Some(t.at(60_050)),
-            "only the idle deadline"
+            Some(t.at(3020)),
+            "gap_timeout after the oldest held"
         );
-        assert_eq!(t.tick(20_000), vec![]);
+        assert_eq!(t.tick(3019), vec![]);
+        // ... but only for gap_timeout: then the real-time stream goes on.
         assert_eq!(
-            t.take(1, 1, 20_001),
+            t.tick(3020),
             vec![
-                Vol(1, 1, false),
+                Miss(1, 1, Some("still incomplete".into())),
                 Vol(1, 2, false),
                 Vol(1, 3, false),
                 Vol(1, 4, false),
                 Vol(1, 5, false)
+            ]
+        );
+        // The slow file, once complete, is delivered late, not lost.
+        assert_eq!(t.take(1, 1, 20_001), vec![Vol(1, 1, true)]);
+    }
+
+    #[test]
+    fn a_pending_candidate_completing_in_time_releases_everything_in_order() {
+        let mut t = T::new(2, None);
+        t.arrive(1, 0, 0);
+        assert_eq!(t.seen(1, 1, 5), Seen::Candidate);
+        for i in 2..5 {
+            assert_eq!(t.arrive(1, i, 10 * i as u64), vec![]);
+        }
+        assert_eq!(
+            t.take(1, 1, 1500),
+            vec![
+                Vol(1, 1, false),
+                Vol(1, 2, false),
+                Vol(1, 3, false),
+                Vol(1, 4, false)
             ]
         );
     }
@@ -683,7 +706,7 @@ mod tests {
             vec![
                 Miss(1, 2, None),
                 Vol(1, 3, false),
-                Miss(1, 4, None),
+                Miss(1, 4, Some("still incomplete".into())),
                 Miss(1, 5, None), // up to volumes_per_run
                 End(1),
                 Start(2),
@@ -735,7 +758,11 @@ mod tests {
         assert_eq!(t.tick(60_019), vec![]);
         assert_eq!(
             t.tick(60_020),
-            vec![Miss(1, 3, None), Miss(1, 4, None), End(1)]
+            vec![
+                Miss(1, 3, None),
+                Miss(1, 4, Some("still incomplete".into())),
+                End(1)
+            ]
         );
         assert_eq!(t.r.next_deadline(), None);
         assert_eq!(conv(t.r.flush()), vec![]);

@@ -879,6 +879,9 @@ impl Stage {
                         MissingReason::Quarantined(r) => {
                             tracing::warn!("{key} declared missing: its file was quarantined ({r})")
                         }
+                        MissingReason::StillIncomplete => tracing::warn!(
+                            "{key} declared missing for now: its file was still incomplete after the re-ordering wait; it will be delivered late if it completes"
+                        ),
                     }
                     IngestEvent::Missing { key, reason }
                 }

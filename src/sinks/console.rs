@@ -38,8 +38,12 @@ impl<W: Write> Console<W> {
             PipelineEvent::Realigned(r) => {
                 self.volumes += 1;
                 let p = r.params.0;
-                let fd = r.fd.unwrap_or(0.0);
-                let flag = if fd > self.fd_threshold_mm {
+                let fd =
+                    r.fd.map_or_else(|| "  n/a".to_string(), |v| format!("{v:>5.2}"));
+                let dvars = r
+                    .dvars_pct
+                    .map_or_else(|| "  n/a".to_string(), |v| format!("{v:>5.2}"));
+                let flag = if r.fd.is_some_and(|v| v > self.fd_threshold_mm) {
                     self.over_threshold += 1;
                     "  << FD over threshold"
                 } else {
@@ -52,7 +56,7 @@ impl<W: Write> Console<W> {
                     * 1e3;
                 writeln!(
                     self.out,
-                    "run {:>2} vol {:>4}{} | rot {:>7.3} {:>7.3} {:>7.3} deg | trans {:>6.2} {:>6.2} {:>6.2} mm | FD {:>5.2} | DVARS {:>5.2}% | {:>5.1} ms{flag}",
+                    "run {:>2} vol {:>4}{} | rot {:>7.3} {:>7.3} {:>7.3} deg | trans {:>6.2} {:>6.2} {:>6.2} mm | FD {fd} | DVARS {dvars}% | {:>5.1} ms{flag}",
                     r.key.run,
                     r.key.index,
                     if r.late { " (late)" } else { "" },
@@ -62,8 +66,6 @@ impl<W: Write> Console<W> {
                     p[3],
                     p[4],
                     p[5],
-                    fd,
-                    r.dvars_pct.unwrap_or(0.0),
                     latency,
                 )
             }
@@ -88,6 +90,10 @@ impl<W: Write> Console<W> {
                     MissingReason::Quarantined(r) => {
                         writeln!(self.out, "{key}: MISSING (file quarantined: {r})")
                     }
+                    MissingReason::StillIncomplete => writeln!(
+                        self.out,
+                        "{key}: MISSING for now (file still being written; delivered late if it completes)"
+                    ),
                 },
                 IngestEvent::Duplicate { key, path } => {
                     writeln!(self.out, "{key}: duplicate ignored ({})", path.display())

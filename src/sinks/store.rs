@@ -208,6 +208,9 @@ impl SessionStore {
                 let detail = match reason {
                     MissingReason::NotReceived => "not received".to_string(),
                     MissingReason::Quarantined(why) => format!("quarantined: {why}"),
+                    MissingReason::StillIncomplete => {
+                        "file still incomplete when the wait ran out (delivered late if it completes)".to_string()
+                    }
                 };
                 self.log("missing", Some(*key), Path::new(""), &detail)?;
                 self.placeholder(*key, "missing", Path::new(""), &detail)

@@ -1,0 +1,324 @@
+//! The running daemon: stages on their own threads, wired by bounded channels.
+//!
+//! In: a [`Config`]. Out: a [`Pipeline`] whose stages run until
+//! [`Pipeline::stop`]; what they produce lands in the session store, the
+//! ring buffers, the console and any observer channels.
+//!
+//! ```text
+//! ingest ──(bounded)──▶ realign ──fan-out──▶ store    (reliable)
+//!                                        ├─▶ buffer   (reliable)
+//!                                        ├─▶ console  (lossy)
+//!                                        └─▶ observers (reliable)
+//! ```
+//!
+//! "Reliable" sinks make the fan-out wait when they are behind (a warning
+//! says so) because they must not lose data; "lossy" ones drop and count,
+//! so a stuck terminal never holds up the scan.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+use crate::buffer::RunBuffers;
+use crate::config::Config;
+use crate::ingest::{self, IngestHandle, IngestStats};
+use crate::messages::{IngestEvent, PipelineEvent};
+use crate::realign::Realigner;
+use crate::sinks::console::Console;
+use crate::sinks::store::SessionStore;
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The session folder could not be created or written.
+    #[error("session folder {}: {source}", path.display())]
+    Session {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Realign could not be set up (reference, mask or target file).
+    #[error("realign: {0}")]
+    Realign(#[from] crate::realign::RealignError),
+    /// Ingest could not start.
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+    /// A stage thread could not be spawned.
+    #[error("could not start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+}
+
+/// Channel capacities: volumes in flight between stages. Generous, because a
+/// full channel means waiting, and waiting means latency, never loss.
+const INGEST_QUEUE: usize = 64;
+const SINK_QUEUE: usize = 256;
+
+enum Delivery {
+    Reliable,
+    Lossy,
+}
+
+struct Outlet {
+    name: &'static str,
+    tx: Sender<Arc<PipelineEvent>>,
+    delivery: Delivery,
+    dropped: u64,
+}
+
+/// Extra outputs for embedding the pipeline (tests, the demo).
+#[derive(Default)]
+pub struct PipelineOptions {
+    /// Every event, in order, to each of these (reliable delivery).
+    pub observers: Vec<Sender<PipelineEvent>>,
+    /// Where the console sink writes (default stdout when enabled in config).
+    pub console: Option<Box<dyn Write + Send>>,
+}
+
+/// What a finished pipeline leaves behind.
+#[derive(Debug)]
+pub struct PipelineSummary {
+    /// Ingest counters at the end.
+    pub ingest: IngestStats,
+    /// The ring buffers as they were at the end.
+    pub buffers: RunBuffers,
+    /// Volumes realigned.
+    pub realigned: u64,
+    /// Volumes that could not be realigned.
+    pub realign_failed: u64,
+    /// Session-store write errors (each was logged).
+    pub store_errors: u64,
+    /// The session folder.
+    pub session_dir: PathBuf,
+}
+
+/// A running pipeline.
+pub struct Pipeline {
+    ingest: Option<IngestHandle>,
+    realign: Option<JoinHandle<()>>,
+    sinks: Vec<(&'static str, JoinHandle<u64>)>,
+    buffer: Option<JoinHandle<RunBuffers>>,
+    realigned: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    session_dir: PathBuf,
+}
+
+fn spawn_named<T: Send + 'static>(
+    name: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, PipelineError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| PipelineError::Thread(name, e))
+}
+
+fn fan_out(outlets: &mut [Outlet], observers: &[Sender<PipelineEvent>], event: PipelineEvent) {
+    for o in observers {
+        // A dropped observer is simply gone; nothing to wait for.
+        let _ = o.send(event.clone());
+    }
+    let event = Arc::new(event);
+    for o in outlets.iter_mut() {
+        match o.tx.try_send(event.clone()) {
+            Ok(()) => {}
+            Err(TrySendError::Full(ev)) => match o.delivery {
+                Delivery::Reliable => {
+                    tracing::warn!("the {} sink is behind; realign waits for it", o.name);
+                    let _ = o.tx.send(ev);
+                }
+                Delivery::Lossy => {
+                    o.dropped += 1;
+                    if o.dropped.is_power_of_two() {
+                        tracing::warn!(
+                            "the {} sink is behind; {} events dropped so far",
+                            o.name,
+                            o.dropped
+                        );
+                    }
+                }
+            },
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// Run `handle` on every event from `rx`; count its errors.
+fn sink_loop<E: std::fmt::Display>(
+    name: &'static str,
+    rx: Receiver<Arc<PipelineEvent>>,
+    mut handle: impl FnMut(&PipelineEvent) -> Result<(), E>,
+) -> u64 {
+    let mut errors = 0u64;
+    for ev in rx {
+        if let Err(e) = handle(&ev) {
+            errors += 1;
+            tracing::error!("{name} sink: {e}");
+        }
+    }
+    errors
+}
+
+impl Pipeline {
+    /// Create the session folder, prepare realign, and start every stage.
+    /// `config_text` is recorded in the session folder as given.
+    pub fn start(
+        config: &Config,
+        config_text: &str,
+        mut options: PipelineOptions,
+    ) -> Result<Pipeline, PipelineError> {
+        let session_dir = config.session_dir();
+        let session_err = |source| PipelineError::Session {
+            path: session_dir.clone(),
+            source,
+        };
+        let mut store = SessionStore::create(&session_dir, config_text).map_err(session_err)?;
+        let mut realigner = Realigner::new(config.realign.clone())?;
+
+        let mut outlets = Vec::new();
+        let mut sinks = Vec::new();
+
+        let (tx, rx) = bounded(SINK_QUEUE);
+        outlets.push(Outlet {
+            name: "store",
+            tx,
+            delivery: Delivery::Reliable,
+            dropped: 0,
+        });
+        sinks.push((
+            "store",
+            spawn_named("store", move || {
+                sink_loop("store", rx, |ev| store.handle(ev))
+            })?,
+        ));
+
+        let (tx, rx) = bounded::<Arc<PipelineEvent>>(SINK_QUEUE);
+        outlets.push(Outlet {
+            name: "buffer",
+            tx,
+            delivery: Delivery::Reliable,
+            dropped: 0,
+        });
+        let mut buffers = RunBuffers::new(config.buffer.clone());
+        let buffer = spawn_named("buffer", move || {
+            for ev in rx {
+                buffers.handle(&ev);
+            }
+            buffers
+        })?;
+
+        let console_out: Option<Box<dyn Write + Send>> = match options.console.take() {
+            Some(w) => Some(w),
+            None if config.console.enabled => Some(Box::new(std::io::stdout())),
+            None => None,
+        };
+        if let Some(out) = console_out {
+            let (tx, rx) = bounded(SINK_QUEUE);
+            outlets.push(Outlet {
+                name: "console",
+                tx,
+                delivery: Delivery::Lossy,
+                dropped: 0,
+            });
+            let mut console = Console::new(out, config.realign.fd_threshold_mm);
+            sinks.push((
+                "console",
+                spawn_named("console", move || {
+                    sink_loop("console", rx, |ev| console.handle(ev))
+                })?,
+            ));
+        }
+
+        let mut ingest_config = config.ingest.clone();
+        if ingest_config.quarantine_dir.is_none() {
+            ingest_config.quarantine_dir = Some(session_dir.join("quarantine"));
+        }
+        let (ingest_tx, ingest_rx) = bounded::<IngestEvent>(INGEST_QUEUE);
+
+        let realigned = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (n_ok, n_fail) = (realigned.clone(), failed.clone());
+        let observers = std::mem::take(&mut options.observers);
+        let realign = spawn_named("realign", move || {
+            for ev in ingest_rx {
+                realigner.handle(ev, &mut |out| {
+                    match &out {
+                        PipelineEvent::Realigned(_) => n_ok.fetch_add(1, Ordering::Relaxed),
+                        PipelineEvent::RealignFailed { .. } => {
+                            n_fail.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => 0,
+                    };
+                    fan_out(&mut outlets, &observers, out);
+                });
+            }
+            // Dropping the outlets closes the sinks' channels: they drain and end.
+        })?;
+
+        // Ingest starts last: everything downstream is ready for its first event.
+        let ingest = ingest::spawn(ingest_config, ingest_tx)?;
+        Ok(Pipeline {
+            ingest: Some(ingest),
+            realign: Some(realign),
+            sinks,
+            buffer: Some(buffer),
+            realigned,
+            failed,
+            session_dir,
+        })
+    }
+
+    /// The session folder.
+    pub fn session_dir(&self) -> &Path {
+        &self.session_dir
+    }
+
+    /// Ingest counters now.
+    pub fn ingest_stats(&self) -> Option<IngestStats> {
+        self.ingest.as_ref().map(IngestHandle::stats)
+    }
+
+    /// Stop watching, let every stage drain what is in flight, and wait for
+    /// them. Nothing already noticed is dropped: ingest flushes its held
+    /// volumes and declares the remaining gaps before closing.
+    pub fn stop(mut self) -> PipelineSummary {
+        let ingest = match self.ingest.take().map(IngestHandle::stop) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                tracing::error!("{e}");
+                IngestStats::default()
+            }
+            None => IngestStats::default(),
+        };
+        if let Some(r) = self.realign.take()
+            && r.join().is_err()
+        {
+            tracing::error!("the realign thread panicked");
+        }
+        let mut store_errors = 0;
+        for (name, h) in self.sinks.drain(..) {
+            match h.join() {
+                Ok(errors) if name == "store" => store_errors = errors,
+                Ok(_) => {}
+                Err(_) => tracing::error!("the {name} sink thread panicked"),
+            }
+        }
+        let buffers = self
+            .buffer
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_else(|| RunBuffers::new(Default::default()));
+        PipelineSummary {
+            ingest,
+            buffers,
+            realigned: self.realigned.load(Ordering::Relaxed),
+            realign_failed: self.failed.load(Ordering::Relaxed),
+            store_errors,
+            session_dir: self.session_dir.clone(),
+        }
+    }
+}
