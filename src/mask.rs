@@ -14,6 +14,18 @@ pub struct SessionMask {
     grid: Grid,
     /// File-order linear indices (`i + nx*(j + ny*k)`), in `np.where` order.
     indices: Vec<u32>,
+    /// The same voxels in file order (x fastest), each with its position in
+    /// `indices`: sampling in this order reads memory sequentially.
+    file_order: Vec<MaskedVoxel>,
+}
+
+/// One mask voxel in file order.
+#[derive(Debug, Clone, Copy)]
+pub struct MaskedVoxel {
+    /// Voxel indices (i, j, k).
+    pub ijk: [u16; 3],
+    /// Position in the `np.where` ordering.
+    pub position: u32,
 }
 
 /// Why a mask could not be used.
@@ -36,6 +48,12 @@ impl SessionMask {
     /// Mask from a boolean per voxel in file order (x fastest).
     pub fn from_file_order(grid: Grid, inside: &[bool]) -> Result<SessionMask, MaskError> {
         let [nx, ny, nz] = grid.dims;
+        if grid.dims.iter().any(|&n| n > u16::MAX as usize) {
+            return Err(MaskError::GridMismatch {
+                mask: grid.describe(),
+                output: "a grid under 65536 voxels per axis".into(),
+            });
+        }
         let mut indices = Vec::new();
         for i in 0..nx {
             for j in 0..ny {
@@ -50,7 +68,31 @@ impl SessionMask {
         if indices.is_empty() {
             return Err(MaskError::Empty);
         }
-        Ok(SessionMask { grid, indices })
+        let mut file_order: Vec<(u32, MaskedVoxel)> = indices
+            .iter()
+            .enumerate()
+            .map(|(pos, &idx)| {
+                let idx = idx as usize;
+                let ijk = [
+                    (idx % nx) as u16,
+                    ((idx / nx) % ny) as u16,
+                    (idx / (nx * ny)) as u16,
+                ];
+                (
+                    idx as u32,
+                    MaskedVoxel {
+                        ijk,
+                        position: pos as u32,
+                    },
+                )
+            })
+            .collect();
+        file_order.sort_unstable_by_key(|(idx, _)| *idx);
+        Ok(SessionMask {
+            grid,
+            indices,
+            file_order: file_order.into_iter().map(|(_, v)| v).collect(),
+        })
     }
 
     /// Mask from an image on `output` grid: non-zero, finite voxels are in.
@@ -95,6 +137,11 @@ impl SessionMask {
     /// File-order indices in `np.where` order.
     pub fn indices(&self) -> &[u32] {
         &self.indices
+    }
+
+    /// The mask voxels in file order with their `np.where` positions.
+    pub fn file_order(&self) -> &[MaskedVoxel] {
+        &self.file_order
     }
 
     /// `(i, j, k)` of the n-th masked voxel.

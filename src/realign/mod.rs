@@ -122,7 +122,6 @@ pub struct Realigner {
     configured_reference: Option<Volume>,
     session: Option<Session>,
     runs: HashMap<u32, RunState>,
-    resampled: Vec<f32>,
 }
 
 impl Realigner {
@@ -141,7 +140,6 @@ impl Realigner {
             configured_reference,
             session: None,
             runs: HashMap::new(),
-            resampled: Vec::new(),
         };
         if let Some(reference) = r.configured_reference.take() {
             let source = r
@@ -291,11 +289,13 @@ impl Realigner {
         };
         let reg = session.registration.register(&v.volume, &init)?;
         let params = par_from_ref_to_volume(&reg.ref_to_volume, session.registration.centre());
-        session
-            .resampler
-            .resample_into(&v.volume, &reg.ref_to_volume, &mut self.resampled);
         let mut masked = Vec::with_capacity(session.mask.len());
-        session.mask.gather_into(&self.resampled, &mut masked);
+        session.resampler.resample_masked(
+            &v.volume,
+            &reg.ref_to_volume,
+            &session.mask,
+            &mut masked,
+        );
         let masked: Arc<[f32]> = masked.into();
         let realign_seconds = start.elapsed().as_secs_f64();
         // A late volume is out of sequence: comparing it with whatever came
