@@ -112,8 +112,9 @@ impl SessionMask {
     }
 
     /// Brain mask of an EPI volume, computed as nilearn's `compute_epi_mask`
-    /// does with its defaults (lower/upper cutoff 0.2/0.85, opening 2,
-    /// largest connected component).
+    /// does with its defaults (1-voxel-FWHM smoothing, lower/upper cutoff
+    /// 0.2/0.85, opening 2, largest connected component); equal voxel for
+    /// voxel to nilearn 0.14 on the fixture in `tests/fixtures/mask`.
     pub fn compute_epi(reference: &Volume) -> Result<SessionMask, MaskError> {
         let inside = compute_epi_mask(reference.values(), reference.grid().dims);
         SessionMask::from_file_order(reference.grid().clone(), &inside)
@@ -267,14 +268,65 @@ fn largest_component(m: &[bool], dims: [usize; 3]) -> Vec<bool> {
     label.iter().map(|&l| best != 0 && l == best).collect()
 }
 
+/// nilearn smooths the mean image before thresholding (`compute_mean(...,
+/// smooth=1)`): a Gaussian of FWHM 1 *voxel* (it passes an identity affine),
+/// i.e. σ ≈ 0.425 voxel, truncated at 4σ, scipy's `reflect` borders, one
+/// float32 pass per axis. Non-finite voxels count as 0.
+fn nilearn_smooth(values: &[f32], dims: [usize; 3]) -> Vec<f32> {
+    let sigma = 1.0 / (8.0f64 * 2f64.ln()).sqrt();
+    let radius = (4.0 * sigma + 0.5) as isize;
+    let weights: Vec<f64> = (-radius..=radius)
+        .map(|x| (-0.5 / (sigma * sigma) * (x * x) as f64).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let weights: Vec<f64> = weights.iter().map(|w| w / total).collect();
+    let mut a: Vec<f32> = values
+        .iter()
+        .map(|&v| if v.is_finite() { v } else { 0.0 })
+        .collect();
+    let mut b = vec![0.0f32; a.len()];
+    let [nx, ny, nz] = dims;
+    let strides = [1, nx, nx * ny];
+    for axis in 0..3 {
+        let n = dims[axis] as isize;
+        let stride = strides[axis];
+        // scipy's "reflect": (d c b a | a b c d | d c b a).
+        let reflect = |p: isize| -> usize {
+            let period = 2 * n;
+            let mut q = p.rem_euclid(period);
+            if q >= n {
+                q = period - 1 - q;
+            }
+            q as usize
+        };
+        for k in 0..nz {
+            for j in 0..ny {
+                for i in 0..nx {
+                    let pos = [i, j, k];
+                    let base = i + nx * (j + ny * k) - pos[axis] * stride;
+                    let p = pos[axis] as isize;
+                    let acc: f64 = weights
+                        .iter()
+                        .enumerate()
+                        .map(|(w, &wt)| {
+                            wt * a[base + reflect(p + w as isize - radius) * stride] as f64
+                        })
+                        .sum();
+                    b[i + nx * (j + ny * k)] = acc as f32;
+                }
+            }
+        }
+        std::mem::swap(&mut a, &mut b);
+    }
+    a
+}
+
 /// nilearn `compute_epi_mask` on one volume (defaults), file order in and out.
 pub fn compute_epi_mask(values: &[f32], dims: [usize; 3]) -> Vec<bool> {
-    let threshold = epi_threshold(values);
+    let smoothed = nilearn_smooth(values, dims);
+    let threshold = epi_threshold(&smoothed);
     let opening = 2;
-    let mut m: Vec<bool> = values
-        .iter()
-        .map(|&v| v.is_finite() && v >= threshold)
-        .collect();
+    let mut m: Vec<bool> = smoothed.iter().map(|&v| v >= threshold).collect();
     for _ in 0..opening {
         m = erode(&m, dims);
     }
