@@ -298,8 +298,8 @@ fn every_good_volume_survives_every_fault_in_order() {
             };
             if good.contains(&k) {
                 let r = realigned.iter().find(|r| r.key == k).unwrap();
-                for a in 0..6 {
-                    assert!((row[a] - r.params.0[a]).abs() < 1e-6, "{k} par column {a}");
+                for (a, (got, want)) in row.iter().zip(r.params.0).enumerate() {
+                    assert!((got - want).abs() < 1e-6, "{k} par column {a}");
                 }
                 let truth = series.truth(series.session_index(k).unwrap()).0;
                 for a in 0..3 {

@@ -45,6 +45,10 @@ const MAX_DATA_BYTES: u64 = 1 << 34;
 /// trusting the header over the bytes.
 const MAX_DEFLATE_RATIO: usize = 1032;
 
+/// Largest up-front reservation for decompressed bytes (larger volumes grow
+/// the buffer as they inflate).
+const RESERVE_CAP: usize = 32 << 20;
+
 /// After the voxel data, how many decompressed bytes we read looking for the
 /// end of the gzip stream (whose CRC proves the data intact) before giving up
 /// and ignoring the rest.
@@ -304,8 +308,16 @@ fn inflate(gz: &[u8], want: Want) -> Result<Vec<u8>, ReadError> {
     // lay.end <= MAX_DATA_BYTES + MAX_DATA_BYTES, which fits in usize on
     // 64-bit targets; on 32-bit ones a saturated value just fails below.
     let end = usize::try_from(lay.end).unwrap_or(usize::MAX);
+    // Reserve what the header promises, but never more than the compressed
+    // size could expand to, nor more than RESERVE_CAP up front: beyond that
+    // the buffer grows with bytes actually decompressed (a gzip bomb that
+    // claims gigabytes costs only what it really inflates to).
     let plausible = gz.len().saturating_mul(MAX_DEFLATE_RATIO);
-    buf.reserve(end.min(plausible).saturating_sub(buf.len()));
+    buf.reserve(
+        end.min(plausible)
+            .min(RESERVE_CAP)
+            .saturating_sub(buf.len()),
+    );
     fill(&mut dec, &mut buf, end)?;
     if buf.len() < end {
         return Err(ReadError::Truncated {
