@@ -108,6 +108,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     let (mut config, text) = Config::load(config_path)?;
     let session_dir = config.session_dir();
     config.session.dir = Some(session_dir.clone());
+    Pipeline::preflight(&config)?;
     init_logging("info", Some(&session_dir))?;
     let pipeline = Pipeline::start(&config, &text, PipelineOptions::default())?;
     tracing::info!(
@@ -159,7 +160,30 @@ fn realign_offline(
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+/// The error and its causes on one line each, without repeating a cause
+/// that the message above it already quotes.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(&format!("\n  caused by: {c}"));
+        }
+    }
+    text
+}
+
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("boldstream: {}", report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run { config } => run(&config),
         Command::Demo(opts) => {

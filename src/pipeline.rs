@@ -164,6 +164,34 @@ fn sink_loop<E: std::fmt::Display>(
 }
 
 impl Pipeline {
+    /// Check what can be checked before anything is created on disk (ingest
+    /// settings, the watch folder, realign's files), so a wrong setting
+    /// leaves no half-made session folder behind.
+    pub fn preflight(config: &Config) -> Result<(), PipelineError> {
+        config.ingest.validate()?;
+        if !config.ingest.watch_dir.is_dir() {
+            return Err(ingest::IngestError::WatchDir {
+                path: config.ingest.watch_dir.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not an existing folder"),
+            }
+            .into());
+        }
+        for (what, path) in [
+            ("reference", &config.realign.reference),
+            ("mask", &config.realign.mask),
+            ("target_grid", &config.realign.target_grid),
+        ] {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                return Err(PipelineError::Realign(crate::realign::RealignError::Setup(
+                    format!("{what} {}: no such file", p.display()),
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Create the session folder, prepare realign, and start every stage.
     /// `config_text` is recorded in the session folder as given.
     pub fn start(
@@ -171,13 +199,14 @@ impl Pipeline {
         config_text: &str,
         mut options: PipelineOptions,
     ) -> Result<Pipeline, PipelineError> {
+        Pipeline::preflight(config)?;
         let session_dir = config.session_dir();
         let session_err = |source| PipelineError::Session {
             path: session_dir.clone(),
             source,
         };
-        let mut store = SessionStore::create(&session_dir, config_text).map_err(session_err)?;
         let mut realigner = Realigner::new(config.realign.clone())?;
+        let mut store = SessionStore::create(&session_dir, config_text).map_err(session_err)?;
 
         let mut outlets = Vec::new();
         let mut sinks = Vec::new();
