@@ -3,11 +3,12 @@
 //! Noise level: Rician thermal noise with σ = 2 % of the mean brain
 //! intensity (SNR 50, `SynthSpec::noise = 0.02`), plus 1 % linear scanner
 //! drift, a slow 0.3 % wobble and 2 % task activation — a realistic 3 T BOLD
-//! series. Motion: random drift plus three sudden jerks per run, up to
-//! 2 mm / 2° per axis.
+//! series. Motion: random drift plus sudden jerks, limited to 2 mm / 2° per
+//! axis (three jerks per run), and to 4 mm / 4° (five jerks) in the last test.
 
 use boldstream::realign::realign_series;
 use boldstream::realign::register::RegistrationOptions;
+use boldstream::simulate::motion::{MotionModel, MotionSpec};
 use boldstream::simulate::synth::{SynthSeries, SynthSpec};
 
 struct Errors {
@@ -91,4 +92,27 @@ fn rms_error_below_a_tenth_at_2mm_snr50() {
         ..SynthSpec::default()
     };
     check("104x104x72 @2 mm, SNR 50", &measure(spec));
+}
+
+#[test]
+fn rms_error_below_a_tenth_with_large_motion_and_jerks() {
+    // Up to 4 mm / 4 degrees with five sudden jerks per run: the pyramid has
+    // to recapture after each jerk.
+    let spec = SynthSpec {
+        volumes_per_run: 60,
+        seed: 5,
+        motion: MotionModel::Random(MotionSpec {
+            max_mm: 4.0,
+            max_deg: 4.0,
+            jerks_per_run: 5,
+            ..MotionSpec::default()
+        }),
+        ..SynthSpec::default()
+    };
+    let e = measure(spec);
+    check("64x64x36 @3 mm, SNR 50, large motion", &e);
+    assert!(
+        e.truth_max_deg > 1.5 || e.truth_max_mm > 1.5,
+        "motion not large"
+    );
 }

@@ -13,7 +13,7 @@
 
 use nalgebra::{Matrix4, Matrix6, Vector3, Vector6};
 
-use super::interpolate::{ImageRef, trilinear};
+use super::interpolate::{ImageRef, trilinear, trilinear_inside};
 use super::pyramid::LevelGeometry;
 
 /// The reference at one pyramid level, reduced to the voxels that carry
@@ -49,6 +49,53 @@ pub struct Evaluation {
     pub total: usize,
 }
 
+/// A sample moved off the voxel centre by a fixed pseudo-random offset of
+/// up to half a voxel per axis, with the reference value and gradient
+/// interpolated there.
+///
+/// Why: with samples exactly on grid points the reference is read without
+/// interpolation while the moving image always is, and trilinear
+/// interpolation smooths by an amount that depends on the sub-voxel offset —
+/// so the cost prefers transforms that put samples back on grid points,
+/// biasing rotations towards zero (a few % of the angle at 3 mm voxels).
+/// Jittered samples interpolate both sides, decorrelating that smoothing
+/// from the motion (elastix's random-coordinate sampler does the same).
+fn jittered_sample(
+    image: ImageRef<'_>,
+    ijk: [usize; 3],
+    seed: u64,
+) -> (Vector3<f64>, f32, [f32; 3]) {
+    // splitmix64: cheap, deterministic, well mixed.
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut next = || {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut x = z;
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((x ^ (x >> 31)) >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    let mut p = [0.0f32; 3];
+    for a in 0..3 {
+        let n = image.dims[a] as f32;
+        // Keep p ± 0.5 inside the image for the gradient's differences.
+        p[a] = (ijk[a] as f32 + next() as f32)
+            .clamp(0.5f32.min((n - 1.0) / 2.0), (n - 1.5).max((n - 1.0) / 2.0));
+    }
+    let at = |q: [f32; 3]| trilinear_inside(image, q[0], q[1], q[2]);
+    let mut g = [0.0f32; 3];
+    for a in 0..3 {
+        let (mut lo, mut hi) = (p, p);
+        lo[a] -= 0.5;
+        hi[a] += 0.5;
+        g[a] = at(hi) - at(lo);
+    }
+    (
+        Vector3::new(p[0] as f64, p[1] as f64, p[2] as f64),
+        at(p),
+        g,
+    )
+}
+
 impl ReferenceLevel {
     /// Prepare a level from the reference image at that level.
     ///
@@ -61,6 +108,7 @@ impl ReferenceLevel {
         head: &[bool],
         centre: Vector3<f64>,
         max_samples: usize,
+        jitter: bool,
     ) -> ReferenceLevel {
         let [nx, ny, nz] = image.dims;
         // Voxel-axis derivatives → FSL-mm gradient: ∇_fsl = L⁻ᵀ ∇_vox, with
@@ -111,15 +159,22 @@ impl ReferenceLevel {
             let i = idx % nx;
             let j = (idx / nx) % ny;
             let k = idx / (nx * ny);
-            let v = Vector3::new(i as f64, j as f64, k as f64);
+            let (v, r, gv) = if jitter {
+                jittered_sample(image, [i, j, k], idx as u64)
+            } else {
+                (
+                    Vector3::new(i as f64, j as f64, k as f64),
+                    image.data[idx],
+                    gv,
+                )
+            };
             let x = (geometry.vox_to_fsl * v.push(1.0)).xyz();
             let g = l_inv_t * Vector3::new(gv[0] as f64, gv[1] as f64, gv[2] as f64);
             // ∂W/∂ω_k = e_k × (x − c) ⇒ ∇R·∂W/∂ω = (x − c) × ∇R.
             let rot = (x - centre).cross(&g);
             let s = Vector6::new(rot.x, rot.y, rot.z, g.x, g.y, g.z);
             hessian += s * s.transpose();
-            let r = image.data[idx];
-            pos.push([i as f32, j as f32, k as f32]);
+            pos.push([v.x as f32, v.y as f32, v.z as f32]);
             value.push(r);
             sd.push([
                 s[0] as f32,
