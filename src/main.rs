@@ -54,8 +54,9 @@ enum Command {
 }
 
 /// Logs: stderr (journald-friendly: no colours unless a terminal) at
-/// `RUST_LOG` or `stderr_level`, plus the session's `boldstream.log` at
-/// info when a session folder is given.
+/// `RUST_LOG` or `stderr_level`, plus the session's `boldstream.log` (info,
+/// and boldstream's debug events: per-volume stage timings) when a session
+/// folder is given.
 fn init_logging(stderr_level: &str, session_dir: Option<&Path>) -> anyhow::Result<()> {
     let stderr_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(stderr_level));
@@ -76,7 +77,9 @@ fn init_logging(stderr_level: &str, session_dir: Option<&Path>) -> anyhow::Resul
                 tracing_subscriber::fmt::layer()
                     .with_writer(Arc::new(f))
                     .with_ansi(false)
-                    .with_filter(EnvFilter::new("info")),
+                    // Per-volume stage timings are debug events: in the
+                    // session's log, not on the operator's terminal.
+                    .with_filter(EnvFilter::new("info,boldstream=debug")),
             )
         }
         None => None,

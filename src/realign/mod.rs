@@ -325,6 +325,15 @@ impl Realigner {
                 },
             );
         }
+        tracing::debug!(
+            key = %v.key,
+            decode_ms = v.timing.decode_seconds * 1e3,
+            wait_ms = v.timing.released.saturating_duration_since(v.timing.decoded).as_secs_f64() * 1e3,
+            realign_ms = realign_seconds * 1e3,
+            iterations = ?reg.levels.iter().map(|l| l.iterations).collect::<Vec<_>>(),
+            fd = ?fd,
+            "realigned"
+        );
         if let Some(fd) = fd
             && fd > self.config.fd_threshold_mm
         {
