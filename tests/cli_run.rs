@@ -94,22 +94,27 @@ fn run_follows_the_export_folder_and_stops_cleanly_on_sigterm() {
     assert!(session.join("session.toml").exists());
 }
 
-#[test]
-fn a_bad_config_is_a_clear_error_naming_the_file_and_line() {
+/// Run the daemon on a config that must be refused; return its stderr and
+/// the temp folder (to check nothing was created).
+fn refused(name: &str, text: &str) -> (String, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("bad.toml");
-    std::fs::write(
-        &config,
-        "[ingest]\nwatch_dir = \"x\"\nmode = \"sometimes\"\n",
-    )
-    .unwrap();
+    let config = tmp.path().join(name);
+    std::fs::write(&config, text).unwrap();
     let out = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&config)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bad config was accepted");
+    (String::from_utf8_lossy(&out.stderr).into_owned(), tmp)
+}
+
+#[test]
+fn a_bad_config_is_a_clear_error_naming_the_file_and_line() {
+    let (err, _tmp) = refused(
+        "bad.toml",
+        "[ingest]\nwatch_dir = \"x\"\nmode = \"sometimes\"\n",
+    );
     assert!(
         err.contains("bad.toml") && err.contains("line 3") && err.contains("sometimes"),
         "{err}"
@@ -117,20 +122,14 @@ fn a_bad_config_is_a_clear_error_naming_the_file_and_line() {
 }
 
 #[test]
-fn a_missing_watch_folder_is_refused_at_start() {
-    let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("c.toml");
-    std::fs::write(
-        &config,
+fn a_missing_watch_folder_is_refused_before_anything_is_written() {
+    let (err, tmp) = refused(
+        "c.toml",
         "[session]\ndir = \"s\"\n[ingest]\nwatch_dir = \"does-not-exist\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(err.contains("does-not-exist"), "{err}");
+    assert!(
+        !tmp.path().join("s").exists(),
+        "a session folder was created"
+    );
 }
