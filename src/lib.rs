@@ -14,6 +14,7 @@
 pub mod buffer;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod formats;
 pub mod ingest;
 pub mod mask;

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use boldstream::events::EventsError;
 use boldstream::simulate::{
     Event, MotionModel, SimError, SynthSeries, SynthSpec, read_events, write_events,
 };
@@ -12,6 +13,7 @@ fn ev(onset: f64, duration: f64, stim: Option<&str>) -> Event {
         duration,
         trial_type: "stimulus".into(),
         stim_id: stim.map(String::from),
+        modulation: 1.0,
     }
 }
 
@@ -36,7 +38,7 @@ fn parse_error(text: &str) -> (String, usize, String) {
     let path = dir.path().join("bad_events.tsv");
     std::fs::write(&path, text).unwrap();
     match read_events(&path) {
-        Err(SimError::Parse {
+        Err(EventsError::Parse {
             path: p,
             line,
             message,
@@ -77,7 +79,7 @@ fn malformed_events_name_the_file_and_line() {
     assert_eq!(line, 1);
     assert!(matches!(
         read_events(Path::new("/nonexistent/events.tsv")),
-        Err(SimError::Io { .. })
+        Err(EventsError::Io { .. })
     ));
 }
 
@@ -98,6 +100,7 @@ fn windows_line_endings_and_extra_columns_are_fine() {
             duration: 3.0,
             trial_type: "face".into(),
             stim_id: Some("img-7".into()),
+            modulation: 1.0,
         }]
     );
 }

@@ -299,6 +299,7 @@ fn task_and_drift_scale_the_phantom_exactly() {
             duration: 3.0,
             trial_type: "stimulus".into(),
             stim_id: Some("img-0001".into()),
+            modulation: 1.0,
         }]]),
         ..small()
     };

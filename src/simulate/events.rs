@@ -1,156 +1,11 @@
-//! Task events: BIDS `events.tsv` files and a default design.
+//! Task events for simulated runs: a default design like a MindEye run.
 //!
-//! In: a tab-separated file with a header row naming at least `onset` and
-//! `duration` (seconds from the run start); `trial_type` and `stim_id` are
-//! read when present, other columns are ignored. Out: [`Event`]s, or an
-//! error naming the file and the 1-based line that is wrong.
-//!
-//! Written files have exactly the columns `onset duration trial_type
-//! stim_id`, with `n/a` for a missing stimulus id.
-
-use std::path::Path;
+//! The BIDS `events.tsv` type, reader and writer live in [`crate::events`]
+//! (the GLM reads the same files); this module adds the simulator's design.
 
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
 
-use super::SimError;
-
-/// One event of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Seconds from the start of the run (the first volume's acquisition).
-    pub onset: f64,
-    /// Seconds; 0 is an impulse.
-    pub duration: f64,
-    /// Condition label.
-    pub trial_type: String,
-    /// Which image was shown (the decoder's target), when known.
-    pub stim_id: Option<String>,
-}
-
-const NA: &str = "n/a";
-
-/// Read a BIDS events file.
-pub fn read_events(path: &Path) -> Result<Vec<Event>, SimError> {
-    let text = std::fs::read_to_string(path).map_err(|error| SimError::Io {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    parse_events(&text, path)
-}
-
-/// Parse the text of an events file; `path` is only used in error messages.
-pub fn parse_events(text: &str, path: &Path) -> Result<Vec<Event>, SimError> {
-    let err = |line: usize, message: String| SimError::Parse {
-        path: path.to_path_buf(),
-        line,
-        message,
-    };
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')));
-    let (hline, header) = lines
-        .by_ref()
-        .find(|(_, l)| !l.trim().is_empty())
-        .ok_or_else(|| {
-            err(
-                1,
-                "empty file: expected a header row with onset and duration".into(),
-            )
-        })?;
-    let cols: Vec<&str> = header.split('\t').map(str::trim).collect();
-    let find = |name: &str| cols.iter().position(|c| *c == name);
-    let onset_col = find("onset").ok_or_else(|| {
-        err(
-            hline,
-            format!(
-                "header has no 'onset' column (columns: {})",
-                cols.join(", ")
-            ),
-        )
-    })?;
-    let dur_col = find("duration").ok_or_else(|| {
-        err(
-            hline,
-            format!(
-                "header has no 'duration' column (columns: {})",
-                cols.join(", ")
-            ),
-        )
-    })?;
-    let type_col = find("trial_type");
-    let stim_col = find("stim_id");
-
-    let mut events = Vec::new();
-    for (n, line) in lines {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = line.split('\t').map(str::trim).collect();
-        if fields.len() != cols.len() {
-            return Err(err(
-                n,
-                format!(
-                    "expected {} tab-separated fields as in the header, found {}",
-                    cols.len(),
-                    fields.len()
-                ),
-            ));
-        }
-        let onset = fields[onset_col];
-        let onset: f64 = onset
-            .parse()
-            .ok()
-            .filter(|v: &f64| v.is_finite())
-            .ok_or_else(|| err(n, format!("onset '{onset}' is not a finite number")))?;
-        let dur = fields[dur_col];
-        // BIDS allows n/a durations; an impulse is the closest meaning.
-        let duration: f64 = if dur == NA {
-            0.0
-        } else {
-            dur.parse()
-                .ok()
-                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-                .ok_or_else(|| err(n, format!("duration '{dur}' is not a non-negative number")))?
-        };
-        let trial_type = type_col.map_or("stimulus", |c| fields[c]).to_string();
-        let stim_id = stim_col
-            .map(|c| fields[c])
-            .filter(|s| !s.is_empty() && *s != NA)
-            .map(str::to_string);
-        events.push(Event {
-            onset,
-            duration,
-            trial_type,
-            stim_id,
-        });
-    }
-    Ok(events)
-}
-
-/// The text of an events file for `events`.
-pub fn format_events(events: &[Event]) -> String {
-    let mut s = String::from("onset\tduration\ttrial_type\tstim_id\n");
-    for e in events {
-        s.push_str(&format!(
-            "{}\t{}\t{}\t{}\n",
-            e.onset,
-            e.duration,
-            e.trial_type,
-            e.stim_id.as_deref().unwrap_or(NA)
-        ));
-    }
-    s
-}
-
-/// Write `events` as a BIDS events file.
-pub fn write_events(path: &Path, events: &[Event]) -> Result<(), SimError> {
-    std::fs::write(path, format_events(events)).map_err(|error| SimError::Io {
-        path: path.to_path_buf(),
-        error,
-    })
-}
+pub use crate::events::{Event, format_events, parse_events, read_events, write_events};
 
 /// A rapid event-related design like a MindEye run: 3 s images, onsets
 /// 6–8 s apart (uniform jitter, rounded to 10 ms), starting after a 6 s
@@ -182,6 +37,7 @@ pub fn default_design<R: rand::Rng>(
             duration: DURATION,
             trial_type: "stimulus".into(),
             stim_id: Some(id),
+            modulation: 1.0,
         });
         let step: f64 = rng.random_range(6.0..8.0);
         onset = ((onset + step) * 100.0).round() / 100.0;
@@ -205,15 +61,5 @@ mod tests {
             assert!((5.99..=8.01).contains(&d), "{d}");
         }
         assert!(ev.last().is_some_and(|e| e.onset + 18.0 <= 300.0));
-    }
-
-    #[test]
-    fn na_and_extra_columns() {
-        let text = "onset\tduration\tresponse_time\tstim_id\n1.5\tn/a\t0.3\tn/a\n";
-        let ev = parse_events(text, Path::new("x.tsv")).unwrap();
-        assert_eq!(ev.len(), 1);
-        assert_eq!(ev[0].duration, 0.0);
-        assert_eq!(ev[0].stim_id, None);
-        assert_eq!(ev[0].trial_type, "stimulus");
     }
 }

@@ -192,6 +192,7 @@ mod tests {
             duration: 3.0,
             trial_type: "stim".into(),
             stim_id: None,
+            modulation: 1.0,
         };
         let one = BoldModel::new(&[e(10.0)]);
         let peak = (0..5000)

@@ -67,7 +67,10 @@ pub enum SimError {
         /// What the OS said.
         error: std::io::Error,
     },
-    /// A text input (events, `.par`) has a bad line.
+    /// An events table could not be used.
+    #[error(transparent)]
+    Events(#[from] crate::events::EventsError),
+    /// A text input (`.par`) has a bad line.
     #[error("{}:{line}: {message}", path.display())]
     Parse {
         /// The file.
