@@ -16,6 +16,7 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod formats;
+pub mod glm;
 pub mod ingest;
 pub mod mask;
 pub mod messages;

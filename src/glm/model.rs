@@ -1,0 +1,666 @@
+//! The incremental LSS model of one run.
+//!
+//! In: realigned masked frames (in any order, with gaps), their motion
+//! parameters, and trials as they become known. Out: for any trial, its
+//! least-squares-separate beta per voxel — OLS or nilearn's AR(1) — from the
+//! frames in so far.
+//!
+//! How it stays cheap: the design is nilearn's design of the whole planned
+//! run (every column a fixed function of the frame), so each frame only adds
+//! its products with those columns into per-voxel sums (`P = Xᵀy`, the lag-1
+//! sums `Σ xᵢ yᵢ₋₁`, `Σ xᵢ₋₁ yᵢ`, `Σ y²`, `Σ yᵢ yᵢ₋₁`). A trial's fit then
+//! needs only those sums and a few p×p matrices: O(p²·V) per trial and
+//! O(active columns·V) per frame, whatever the run length. The drift
+//! columns used at a given point are the first `k` of the run's cosine
+//! basis, with `k` the order nilearn would give the time span so far, so an
+//! early trial is not fitted with more drift terms than its data support.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use nalgebra::{DMatrix, DVector};
+
+use super::design::{
+    DesignSpec, Stimulus, condition_regressor, cosine_drift, drift_order, frame_times,
+};
+
+/// How noise is modelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoiseModel {
+    /// Ordinary least squares.
+    Ols,
+    /// nilearn's AR(1): per-voxel lag-1 coefficient from the OLS residuals,
+    /// truncated to 1/100 bins, whitened refit per bin.
+    Ar1,
+}
+
+/// How voxel time series are scaled before the fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignalScaling {
+    /// Raw signal units (nilearn `signal_scaling=False`).
+    None,
+    /// Percent of each voxel's mean over the frames used (nilearn's default
+    /// `signal_scaling=0`: `100·(y/max(mean, 1) − 1)`).
+    Percent,
+}
+
+/// Model settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Design settings.
+    pub design: DesignSpec,
+    /// Noise model.
+    pub noise: NoiseModel,
+    /// Signal scaling.
+    pub scaling: SignalScaling,
+    /// AR(1) bins per unit of the coefficient (nilearn: 100).
+    pub ar_bins: usize,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec {
+            design: DesignSpec::default(),
+            noise: NoiseModel::Ar1,
+            scaling: SignalScaling::Percent,
+            ar_bins: 100,
+        }
+    }
+}
+
+/// Why a trial could not be estimated now.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EstimateError {
+    /// No such trial.
+    #[error("unknown trial {0}")]
+    UnknownTrial(usize),
+    /// Too few frames for the number of regressors.
+    #[error(
+        "{frames} frames for {regressors} regressors: need {needed} residual degrees of freedom"
+    )]
+    TooFewFrames {
+        /// Frames in.
+        frames: usize,
+        /// Regressors in the model.
+        regressors: usize,
+        /// Residual degrees of freedom required.
+        needed: usize,
+    },
+    /// The trial's regressor is zero over the frames in.
+    #[error("the trial's regressor is zero over the frames received (onset after the last frame?)")]
+    NoResponse,
+    /// The design is singular.
+    #[error("the design matrix is singular")]
+    Singular,
+}
+
+/// A trial's estimate.
+#[derive(Debug, Clone)]
+pub struct Estimate {
+    /// Probe effect size per voxel (after signal scaling).
+    pub beta: Vec<f32>,
+    /// Frames used.
+    pub frames: usize,
+    /// Regressors in the model (probe, reference, motion, drift, constant).
+    pub regressors: usize,
+    /// Names of the regressors, in design order.
+    pub columns: Vec<String>,
+}
+
+/// Column kinds of the accumulated design ("atoms").
+const CONST: usize = 0;
+const MOTION: usize = 1; // 6 columns
+const ALL_TRIALS: usize = 7;
+const DRIFT: usize = 8;
+
+/// Per-voxel sums for one time function `x`.
+#[derive(Debug, Clone)]
+struct Sums {
+    /// Σ x_t y_t
+    p: Vec<f64>,
+    /// Σ_i x_i y_{i-1} over consecutive frames
+    l1: Vec<f64>,
+    /// Σ_i x_{i-1} y_i
+    l2: Vec<f64>,
+}
+
+impl Sums {
+    fn new(v: usize, lags: bool) -> Sums {
+        let l = if lags { v } else { 0 };
+        Sums {
+            p: vec![0.0; v],
+            l1: vec![0.0; l],
+            l2: vec![0.0; l],
+        }
+    }
+
+    fn add_scaled(&mut self, other: &Sums, s: f64) {
+        for (a, b) in self.p.iter_mut().zip(&other.p) {
+            *a += s * b;
+        }
+        for (a, b) in self.l1.iter_mut().zip(&other.l1) {
+            *a += s * b;
+        }
+        for (a, b) in self.l2.iter_mut().zip(&other.l2) {
+            *a += s * b;
+        }
+    }
+}
+
+#[inline]
+fn axpy(acc: &mut [f64], s: f64, y: &[f32]) {
+    if s == 0.0 {
+        return;
+    }
+    for (a, &v) in acc.iter_mut().zip(y) {
+        *a += s * v as f64;
+    }
+}
+
+struct Trial {
+    regressor: Vec<f64>,
+    /// Sums while the trial still needs estimating.
+    sums: Option<Sums>,
+}
+
+/// The model of one run.
+pub struct RunModel {
+    spec: ModelSpec,
+    voxels: usize,
+    planned: usize,
+    drift: Vec<Vec<f64>>,
+    all_trials: Vec<f64>,
+    motion: Vec<[f64; 6]>,
+    trials: Vec<Trial>,
+    stimuli: Vec<Stimulus>,
+    /// Frame data by position (the model's own copy: late frames and new
+    /// trials need earlier frames).
+    frames: BTreeMap<usize, Vec<f32>>,
+    present: BTreeSet<usize>,
+    /// Sums of the fixed atoms: constant, 6 motion, all-trials, drift.
+    atoms: Vec<Sums>,
+    syy: Vec<f64>,
+    sll: Vec<f64>,
+}
+
+impl RunModel {
+    /// A run of `planned` frames (grown automatically if exceeded) with
+    /// `voxels` masked voxels.
+    pub fn new(spec: ModelSpec, planned: usize, voxels: usize) -> RunModel {
+        let planned = planned.max(2);
+        let lags = spec.noise == NoiseModel::Ar1;
+        let ft = frame_times(planned, spec.design.tr, spec.design.slice_time_ref);
+        let drift = cosine_drift(&ft, spec.design.high_pass);
+        let atoms = (0..DRIFT + drift.len())
+            .map(|_| Sums::new(voxels, lags))
+            .collect();
+        RunModel {
+            voxels,
+            planned,
+            all_trials: vec![0.0; planned],
+            motion: vec![[0.0; 6]; planned],
+            trials: Vec::new(),
+            stimuli: Vec::new(),
+            frames: BTreeMap::new(),
+            present: BTreeSet::new(),
+            atoms,
+            syy: vec![0.0; voxels],
+            sll: if lags { vec![0.0; voxels] } else { Vec::new() },
+            drift,
+            spec,
+        }
+    }
+
+    /// Frames planned (the length the design is built for).
+    pub fn planned(&self) -> usize {
+        self.planned
+    }
+
+    /// Frames received.
+    pub fn frames_in(&self) -> usize {
+        self.present.len()
+    }
+
+    /// Position of the last frame received.
+    pub fn last_position(&self) -> Option<usize> {
+        self.present.iter().next_back().copied()
+    }
+
+    /// Value of atom `a` at position `t`.
+    fn atom(&self, a: usize, t: usize) -> f64 {
+        match a {
+            CONST => 1.0,
+            ALL_TRIALS => self.all_trials[t],
+            a if a < ALL_TRIALS => self.motion[t][a - MOTION],
+            a => self.drift[a - DRIFT][t],
+        }
+    }
+
+    fn lags(&self) -> bool {
+        self.spec.noise == NoiseModel::Ar1
+    }
+
+    /// Add the contribution of the pair of consecutive frames (p, q) with
+    /// sign `s` to every lag sum (atoms, trials, Σyy lagged).
+    fn pair(&mut self, p: usize, q: usize, s: f64) {
+        let (Some(yp), Some(yq)) = (self.frames.get(&p), self.frames.get(&q)) else {
+            return;
+        };
+        let (yp, yq) = (yp.clone(), yq.clone());
+        for a in 0..self.atoms.len() {
+            let (xq, xp) = (self.atom(a, q), self.atom(a, p));
+            axpy(&mut self.atoms[a].l1, s * xq, &yp);
+            axpy(&mut self.atoms[a].l2, s * xp, &yq);
+        }
+        for tr in &mut self.trials {
+            if let Some(sums) = tr.sums.as_mut() {
+                axpy(&mut sums.l1, s * tr.regressor[q], &yp);
+                axpy(&mut sums.l2, s * tr.regressor[p], &yq);
+            }
+        }
+        for ((a, &u), &w) in self.sll.iter_mut().zip(yq.iter()).zip(yp.iter()) {
+            *a += s * u as f64 * w as f64;
+        }
+    }
+
+    /// Add a frame at `position` (0 = the run's first volume). Frames may
+    /// come in any order; a frame already in is ignored (returns false).
+    pub fn add_frame(&mut self, position: usize, data: &[f32], motion: [f64; 6]) -> bool {
+        if data.len() != self.voxels || self.present.contains(&position) {
+            return false;
+        }
+        if position >= self.planned {
+            self.grow(position + 1);
+        }
+        self.motion[position] = motion;
+        let prev = self.present.range(..position).next_back().copied();
+        let next = self.present.range(position + 1..).next().copied();
+        self.frames.insert(position, data.to_vec());
+        self.present.insert(position);
+        for a in 0..self.atoms.len() {
+            let x = self.atom(a, position);
+            axpy(&mut self.atoms[a].p, x, data);
+        }
+        for tr in &mut self.trials {
+            if let Some(sums) = tr.sums.as_mut() {
+                axpy(&mut sums.p, tr.regressor[position], data);
+            }
+        }
+        for (a, &v) in self.syy.iter_mut().zip(data) {
+            *a += v as f64 * v as f64;
+        }
+        if self.lags() {
+            if let (Some(p), Some(q)) = (prev, next) {
+                self.pair(p, q, -1.0);
+            }
+            if let Some(p) = prev {
+                self.pair(p, position, 1.0);
+            }
+            if let Some(q) = next {
+                self.pair(position, q, 1.0);
+            }
+        }
+        true
+    }
+
+    /// The sums of time function `x` over the frames in.
+    fn sums_of(&self, x: &[f64]) -> Sums {
+        let mut s = Sums::new(self.voxels, self.lags());
+        let pos: Vec<usize> = self.present.iter().copied().collect();
+        for (i, &t) in pos.iter().enumerate() {
+            let Some(y) = self.frames.get(&t) else {
+                continue;
+            };
+            axpy(&mut s.p, x[t], y);
+            if self.lags() && i > 0 {
+                let p = pos[i - 1];
+                if let Some(yp) = self.frames.get(&p) {
+                    axpy(&mut s.l1, x[t], yp);
+                    axpy(&mut s.l2, x[p], y);
+                }
+            }
+        }
+        s
+    }
+
+    /// Register a trial; returns its index. Frames already in are folded in.
+    pub fn add_trial(&mut self, stimulus: Stimulus) -> usize {
+        let ft = frame_times(
+            self.planned,
+            self.spec.design.tr,
+            self.spec.design.slice_time_ref,
+        );
+        let regressor = condition_regressor(&[stimulus], &ft, &self.spec.design);
+        let sums = self.sums_of(&regressor);
+        self.atoms[ALL_TRIALS].add_scaled(&sums, 1.0);
+        for (a, r) in self.all_trials.iter_mut().zip(&regressor) {
+            *a += r;
+        }
+        self.trials.push(Trial {
+            regressor,
+            sums: Some(sums),
+        });
+        self.stimuli.push(stimulus);
+        self.trials.len() - 1
+    }
+
+    /// Release a trial's own sums once it will not be estimated again.
+    pub fn retire_trial(&mut self, trial: usize) {
+        if let Some(t) = self.trials.get_mut(trial) {
+            t.sums = None;
+        }
+    }
+
+    /// Rebuild for a longer run: new design (drift basis, regressors) and
+    /// all sums recomputed from the frames kept.
+    fn grow(&mut self, needed: usize) {
+        let planned = needed.max(self.planned * 3 / 2);
+        tracing::warn!(
+            "run longer than planned ({} frames): rebuilding the design for {planned} frames",
+            self.planned
+        );
+        let mut fresh = RunModel::new(self.spec.clone(), planned, self.voxels);
+        let stimuli = std::mem::take(&mut self.stimuli);
+        let retired: Vec<bool> = self.trials.iter().map(|t| t.sums.is_none()).collect();
+        let frames = std::mem::take(&mut self.frames);
+        let motion = self.motion.clone();
+        for (t, y) in &frames {
+            fresh.add_frame(*t, y, motion[*t]);
+        }
+        for (s, r) in stimuli.into_iter().zip(retired) {
+            let i = fresh.add_trial(s);
+            if r {
+                fresh.retire_trial(i);
+            }
+        }
+        *self = fresh;
+    }
+
+    /// The stimulus of trial `k`.
+    pub fn stimulus(&self, k: usize) -> Option<Stimulus> {
+        self.stimuli.get(k).copied()
+    }
+
+    /// Number of regressors trial `k`'s model would have now (for the
+    /// degrees-of-freedom check before estimating).
+    pub fn regressors_now(&self, k: usize) -> usize {
+        self.columns(k).map_or(0, |c| c.len())
+    }
+
+    /// The design columns for trial `k` over the frames in: (name, values).
+    fn columns(&self, k: usize) -> Option<Vec<(String, Col)>> {
+        let trial = self.trials.get(k)?;
+        let pos: Vec<usize> = self.present.iter().copied().collect();
+        let nonzero = |f: &dyn Fn(usize) -> f64| pos.iter().any(|&t| f(t).abs() > 1e-12);
+        let mut cols = vec![("probe".to_string(), Col::Probe)];
+        if nonzero(&|t| self.all_trials[t] - trial.regressor[t]) {
+            cols.push(("reference".into(), Col::Reference));
+        }
+        for (i, name) in ["rx", "ry", "rz", "tx", "ty", "tz"].iter().enumerate() {
+            if nonzero(&|t| self.motion[t][i]) {
+                cols.push(((*name).into(), Col::Atom(MOTION + i)));
+            }
+        }
+        let span = self.last_position().map_or(0, |p| p + 1);
+        let order = drift_order(span, self.spec.design.tr, self.spec.design.high_pass)
+            .min(self.drift.len());
+        for d in 0..order {
+            cols.push((format!("drift_{}", d + 1), Col::Atom(DRIFT + d)));
+        }
+        cols.push(("constant".into(), Col::Atom(CONST)));
+        Some(cols)
+    }
+
+    fn col_value(&self, k: usize, c: Col, t: usize) -> f64 {
+        match c {
+            Col::Probe => self.trials[k].regressor[t],
+            Col::Reference => self.all_trials[t] - self.trials[k].regressor[t],
+            Col::Atom(a) => self.atom(a, t),
+        }
+    }
+
+    /// Per-voxel sums for column `c` of trial `k`'s model (sum kind `f`).
+    fn col_sums<'a>(&'a self, k: usize, c: Col, f: fn(&'a Sums) -> &'a [f64]) -> ColSums<'a> {
+        let own = self.trials[k].sums.as_ref();
+        match (c, own) {
+            (Col::Probe, Some(s)) => ColSums::One(f(s)),
+            (Col::Reference, Some(s)) => ColSums::Diff(f(&self.atoms[ALL_TRIALS]), f(s)),
+            (Col::Atom(a), _) => ColSums::One(f(&self.atoms[a])),
+            _ => ColSums::Zero,
+        }
+    }
+
+    /// Estimate trial `k` from the frames in, requiring `min_dof` residual
+    /// degrees of freedom.
+    pub fn estimate(&self, k: usize, min_dof: usize) -> Result<Estimate, EstimateError> {
+        let cols = self.columns(k).ok_or(EstimateError::UnknownTrial(k))?;
+        if self.trials[k].sums.is_none() {
+            return Err(EstimateError::UnknownTrial(k));
+        }
+        let pos: Vec<usize> = self.present.iter().copied().collect();
+        let (n, p) = (pos.len(), cols.len());
+        if n < p + min_dof {
+            return Err(EstimateError::TooFewFrames {
+                frames: n,
+                regressors: p,
+                needed: min_dof,
+            });
+        }
+        if !pos
+            .iter()
+            .any(|&t| self.trials[k].regressor[t].abs() > 1e-12)
+        {
+            return Err(EstimateError::NoResponse);
+        }
+        let x = DMatrix::from_fn(n, p, |i, c| self.col_value(k, cols[c].1, pos[i]));
+        let g = x.transpose() * &x;
+        let v = self.voxels;
+        let sums: Vec<ColSums> = cols
+            .iter()
+            .map(|(_, c)| self.col_sums(k, *c, |s| &s.p))
+            .collect();
+        let mut beta = vec![0.0f64; v];
+        match self.spec.noise {
+            NoiseModel::Ols => {
+                let gi = solve_columns(&g, &[0]).ok_or(EstimateError::Singular)?;
+                for (c, s) in sums.iter().enumerate() {
+                    s.axpy_into(&mut beta, gi[(c, 0)]);
+                }
+            }
+            NoiseModel::Ar1 => self.ar1(k, &cols, &pos, &x, &g, &sums, &mut beta)?,
+        }
+        if self.spec.scaling == SignalScaling::Percent {
+            let sum_y = &self.atoms[CONST].p;
+            for (b, s) in beta.iter_mut().zip(sum_y) {
+                *b *= 100.0 / (s / n as f64).max(1.0);
+            }
+        }
+        Ok(Estimate {
+            beta: beta.iter().map(|&b| b as f32).collect(),
+            frames: n,
+            regressors: p,
+            columns: cols.into_iter().map(|(name, _)| name).collect(),
+        })
+    }
+
+    /// nilearn's AR(1) refit, from the sums.
+    #[allow(clippy::too_many_arguments)]
+    fn ar1(
+        &self,
+        k: usize,
+        cols: &[(String, Col)],
+        pos: &[usize],
+        x: &DMatrix<f64>,
+        g: &DMatrix<f64>,
+        sums: &[ColSums],
+        beta: &mut [f64],
+    ) -> Result<(), EstimateError> {
+        let (n, p, v) = (pos.len(), cols.len(), self.voxels);
+        let l1: Vec<ColSums> = cols
+            .iter()
+            .map(|(_, c)| self.col_sums(k, *c, |s| &s.l1))
+            .collect();
+        let l2: Vec<ColSums> = cols
+            .iter()
+            .map(|(_, c)| self.col_sums(k, *c, |s| &s.l2))
+            .collect();
+        // Full OLS coefficients b = G⁻¹P, column by column over voxels.
+        let gi = solve_columns(g, &(0..p).collect::<Vec<_>>()).ok_or(EstimateError::Singular)?;
+        let mut b = vec![vec![0.0f64; v]; p];
+        for (c, bc) in b.iter_mut().enumerate() {
+            for (d, s) in sums.iter().enumerate() {
+                s.axpy_into(bc, gi[(c, d)]);
+            }
+        }
+        // C = Σ_{i≥1} x_i x_{i−1}ᵀ over consecutive frames.
+        let mut cm = DMatrix::<f64>::zeros(p, p);
+        for i in 1..n {
+            cm += x.row(i).transpose() * x.row(i - 1);
+        }
+        // r0 = Σy² − bᵀP ; r1 = Σyᵢyᵢ₋₁ − bᵀ(L1 + L2) + bᵀCb.
+        let mut r0 = self.syy.clone();
+        let mut r1 = self.sll.clone();
+        let mut cb = vec![vec![0.0f64; v]; p];
+        for (c, cbc) in cb.iter_mut().enumerate() {
+            for (d, bd) in b.iter().enumerate() {
+                let w = cm[(c, d)];
+                if w != 0.0 {
+                    for (a, &bv) in cbc.iter_mut().zip(bd) {
+                        *a += w * bv;
+                    }
+                }
+            }
+        }
+        for c in 0..p {
+            sums[c].sub_product_into(&mut r0, &b[c]);
+            l1[c].sub_product_into(&mut r1, &b[c]);
+            l2[c].sub_product_into(&mut r1, &b[c]);
+            for ((a, &bv), &cv) in r1.iter_mut().zip(&b[c]).zip(&cb[c]) {
+                *a += bv * cv;
+            }
+        }
+        // Per-voxel coefficient, binned as nilearn does: truncated to 1/bins.
+        let bins = self.spec.ar_bins.max(1) as f64;
+        let nf = n as f64;
+        let mut label: Vec<i64> = Vec::with_capacity(v);
+        for (a0, a1) in r0.iter().zip(&r1) {
+            let rho = if *a0 > 0.0 {
+                (a1 / ((nf - 1.0) * nf)) / (a0 / (nf * nf))
+            } else {
+                0.0
+            };
+            let rho = if rho.is_finite() { rho } else { 0.0 };
+            label.push((rho * bins) as i64);
+        }
+        let last = *pos.last().ok_or(EstimateError::Singular)?;
+        let y_last = self.frames.get(&last).ok_or(EstimateError::Singular)?;
+        let x_last = x.row(n - 1).transpose();
+        let g_tail = g - &x_last * x_last.transpose();
+        let cs = &cm + cm.transpose();
+        let mut weights: HashMap<i64, DVector<f64>> = HashMap::new();
+        for &lab in &label {
+            if weights.contains_key(&lab) {
+                continue;
+            }
+            let rho = lab as f64 * 1.0 / bins;
+            let gw = g - &cs * rho + &g_tail * (rho * rho);
+            let w = solve_columns(&gw, &[0]).ok_or(EstimateError::Singular)?;
+            weights.insert(lab, w.column(0).into_owned());
+        }
+        // Whitened Xᵀy per voxel: P − ρ(L1 + L2) + ρ²(P − x_last·y_last).
+        let pv = |s: &ColSums, i: usize| s.at(i);
+        for (i, bt) in beta.iter_mut().enumerate() {
+            let lab = label[i];
+            let rho = lab as f64 * 1.0 / bins;
+            let Some(w) = weights.get(&lab) else { continue };
+            let yl = y_last[i] as f64;
+            let mut acc = 0.0;
+            for c in 0..p {
+                let pc = pv(&sums[c], i);
+                let wy =
+                    pc - rho * (pv(&l1[c], i) + pv(&l2[c], i)) + rho * rho * (pc - x_last[c] * yl);
+                acc += w[c] * wy;
+            }
+            *bt = acc;
+        }
+        Ok(())
+    }
+}
+
+/// Which design column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Col {
+    Probe,
+    Reference,
+    Atom(usize),
+}
+
+/// Per-voxel sums of one column, possibly a difference of two.
+enum ColSums<'a> {
+    One(&'a [f64]),
+    Diff(&'a [f64], &'a [f64]),
+    Zero,
+}
+
+impl ColSums<'_> {
+    #[inline]
+    fn at(&self, i: usize) -> f64 {
+        match self {
+            ColSums::One(a) => a[i],
+            ColSums::Diff(a, b) => a[i] - b[i],
+            ColSums::Zero => 0.0,
+        }
+    }
+
+    fn axpy_into(&self, out: &mut [f64], w: f64) {
+        if w == 0.0 {
+            return;
+        }
+        match self {
+            ColSums::One(a) => out.iter_mut().zip(a.iter()).for_each(|(o, x)| *o += w * x),
+            ColSums::Diff(a, b) => out
+                .iter_mut()
+                .zip(a.iter().zip(b.iter()))
+                .for_each(|(o, (x, y))| *o += w * (x - y)),
+            ColSums::Zero => {}
+        }
+    }
+
+    /// out −= self ⊙ b
+    fn sub_product_into(&self, out: &mut [f64], b: &[f64]) {
+        match self {
+            ColSums::One(a) => out
+                .iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(o, (x, bv))| *o -= x * bv),
+            ColSums::Diff(a, c) => out
+                .iter_mut()
+                .zip(a.iter().zip(c.iter()).zip(b))
+                .for_each(|(o, ((x, y), bv))| *o -= (x - y) * bv),
+            ColSums::Zero => {}
+        }
+    }
+}
+
+/// Columns `which` of `g⁻¹` for symmetric positive (semi)definite `g`:
+/// equilibrated Cholesky, else the pseudo-inverse (nilearn uses pinv).
+fn solve_columns(g: &DMatrix<f64>, which: &[usize]) -> Option<DMatrix<f64>> {
+    let p = g.nrows();
+    let scale = DVector::from_fn(p, |i, _| {
+        let d = g[(i, i)];
+        if d > 0.0 { 1.0 / d.sqrt() } else { 1.0 }
+    });
+    let gs = DMatrix::from_fn(p, p, |i, j| g[(i, j)] * scale[i] * scale[j]);
+    let rhs = DMatrix::from_fn(
+        p,
+        which.len(),
+        |i, j| if i == which[j] { scale[i] } else { 0.0 },
+    );
+    let sol = match gs.clone().cholesky() {
+        Some(ch) => ch.solve(&rhs),
+        None => gs.pseudo_inverse(1e-15).ok()? * &rhs,
+    };
+    let out = DMatrix::from_fn(p, which.len(), |i, j| sol[(i, j)] * scale[i]);
+    out.iter().all(|v| v.is_finite()).then_some(out)
+}
