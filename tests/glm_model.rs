@@ -7,6 +7,8 @@ use boldstream::glm::design::{
     DesignSpec, Stimulus, condition_regressor, cosine_drift, drift_order, frame_times,
 };
 use boldstream::glm::model::{ModelSpec, NoiseModel, RunModel, SignalScaling};
+use std::collections::BTreeMap;
+
 use nalgebra::{DMatrix, DVector};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -155,10 +157,11 @@ fn check(noise: NoiseModel, scaling: SignalScaling, tol: f64) {
         ..ModelSpec::default()
     };
     let mut m = RunModel::new(spec.clone(), N, V);
+    let mut held: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
     // Trials 0..8 known at the start; the rest announced live at frame 40.
     let mut known: Vec<usize> = (0..8).collect();
     for &k in &known {
-        m.add_trial(d.trials[k]);
+        m.add_trial(d.trials[k], &held);
     }
     let missing = [17usize, 18, 51];
     let late = 33usize; // arrives after frame 36
@@ -167,24 +170,28 @@ fn check(noise: NoiseModel, scaling: SignalScaling, tol: f64) {
     for t in 0..N {
         if t == 40 {
             for k in 8..14 {
-                m.add_trial(d.trials[k]);
+                m.add_trial(d.trials[k], &held);
                 known.push(k);
             }
         }
         if missing.contains(&t) || t == late {
             continue;
         }
-        assert!(m.add_frame(t, &d.y[t], d.motion[t]));
+        assert!(m.add_frame(t, &d.y[t], d.motion[t], &held));
+        held.insert(t, d.y[t].clone());
         pos.push(t);
         if t == 36 {
-            assert!(m.add_frame(late, &d.y[late], d.motion[late]));
+            assert!(m.add_frame(late, &d.y[late], d.motion[late], &held));
+            held.insert(late, d.y[late].clone());
             pos.push(late);
             pos.sort();
         }
         // Compare every trial whose response has started at a few points.
         if [30usize, 45, 70, N - 1].contains(&t) {
             for &k in &known {
-                let Ok(est) = m.estimate(k, 5) else { continue };
+                let Ok(est) = m.estimate(k, 5, &held) else {
+                    continue;
+                };
                 let x = design(&d, k, &pos, &known, &spec.design);
                 assert_eq!(
                     x.ncols(),

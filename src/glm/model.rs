@@ -15,7 +15,7 @@
 //! basis, with `k` the order nilearn would give the time span so far, so an
 //! early trial is not fitted with more drift terms than its data support.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use nalgebra::{DMatrix, DVector};
 
@@ -93,6 +93,9 @@ pub enum EstimateError {
     /// The design is singular.
     #[error("the design matrix is singular")]
     Singular,
+    /// A frame the fit needs has left the ring buffer.
+    #[error("frame {0} is no longer held in the ring buffer")]
+    FrameNotHeld(usize),
 }
 
 /// A trial's estimate.
@@ -106,6 +109,36 @@ pub struct Estimate {
     pub regressors: usize,
     /// Names of the regressors, in design order.
     pub columns: Vec<String>,
+}
+
+/// Where the model reads frames it has seen before: the run's ring buffer.
+/// Positions count from the run's first volume.
+pub trait FrameSource {
+    /// Masked voxels of the frame at `position`, if still held.
+    fn frame(&self, position: usize) -> Option<&[f32]>;
+}
+
+impl FrameSource for BTreeMap<usize, Vec<f32>> {
+    fn frame(&self, position: usize) -> Option<&[f32]> {
+        self.get(&position).map(Vec::as_slice)
+    }
+}
+
+/// A source plus the frame being added (which may not be stored yet).
+struct WithFrame<'a> {
+    inner: &'a dyn FrameSource,
+    position: usize,
+    data: &'a [f32],
+}
+
+impl FrameSource for WithFrame<'_> {
+    fn frame(&self, position: usize) -> Option<&[f32]> {
+        if position == self.position {
+            Some(self.data)
+        } else {
+            self.inner.frame(position)
+        }
+    }
 }
 
 /// Column kinds of the accumulated design ("atoms").
@@ -149,6 +182,16 @@ impl Sums {
 }
 
 #[inline]
+fn axpy64(acc: &mut [f64], s: f64, y: &[f64]) {
+    if s == 0.0 {
+        return;
+    }
+    for (a, &v) in acc.iter_mut().zip(y) {
+        *a += s * v;
+    }
+}
+
+#[inline]
 fn axpy(acc: &mut [f64], s: f64, y: &[f32]) {
     if s == 0.0 {
         return;
@@ -174,9 +217,6 @@ pub struct RunModel {
     motion: Vec<[f64; 6]>,
     trials: Vec<Trial>,
     stimuli: Vec<Stimulus>,
-    /// Frame data by position (the model's own copy: late frames and new
-    /// trials need earlier frames).
-    frames: BTreeMap<usize, Vec<f32>>,
     present: BTreeSet<usize>,
     /// Sums of the fixed atoms: constant, 6 motion, all-trials, drift.
     atoms: Vec<Sums>,
@@ -202,7 +242,6 @@ impl RunModel {
             motion: vec![[0.0; 6]; planned],
             trials: Vec::new(),
             stimuli: Vec::new(),
-            frames: BTreeMap::new(),
             present: BTreeSet::new(),
             atoms,
             syy: vec![0.0; voxels],
@@ -243,11 +282,11 @@ impl RunModel {
 
     /// Add the contribution of the pair of consecutive frames (p, q) with
     /// sign `s` to every lag sum (atoms, trials, Σyy lagged).
-    fn pair(&mut self, p: usize, q: usize, s: f64) {
-        let (Some(yp), Some(yq)) = (self.frames.get(&p), self.frames.get(&q)) else {
+    fn pair(&mut self, p: usize, q: usize, s: f64, frames: &dyn FrameSource) {
+        let (Some(yp), Some(yq)) = (frames.frame(p), frames.frame(q)) else {
+            tracing::warn!("frames {p} and {q} are no longer held; lag-1 sums skip that pair");
             return;
         };
-        let (yp, yq) = (yp.clone(), yq.clone());
         for a in 0..self.atoms.len() {
             let (xq, xp) = (self.atom(a, q), self.atom(a, p));
             axpy(&mut self.atoms[a].l1, s * xq, &yp);
@@ -259,24 +298,36 @@ impl RunModel {
                 axpy(&mut sums.l2, s * tr.regressor[p], &yq);
             }
         }
-        for ((a, &u), &w) in self.sll.iter_mut().zip(yq.iter()).zip(yp.iter()) {
+        for ((a, &u), &w) in self.sll.iter_mut().zip(yq).zip(yp) {
             *a += s * u as f64 * w as f64;
         }
     }
 
     /// Add a frame at `position` (0 = the run's first volume). Frames may
     /// come in any order; a frame already in is ignored (returns false).
-    pub fn add_frame(&mut self, position: usize, data: &[f32], motion: [f64; 6]) -> bool {
+    /// `frames` must hold the frames seen so far (at least the neighbours
+    /// of `position`); `data` is this frame's voxels.
+    pub fn add_frame(
+        &mut self,
+        position: usize,
+        data: &[f32],
+        motion: [f64; 6],
+        frames: &dyn FrameSource,
+    ) -> bool {
         if data.len() != self.voxels || self.present.contains(&position) {
             return false;
         }
         if position >= self.planned {
-            self.grow(position + 1);
+            self.grow(position + 1, frames);
         }
+        let frames = WithFrame {
+            inner: frames,
+            position,
+            data,
+        };
         self.motion[position] = motion;
         let prev = self.present.range(..position).next_back().copied();
         let next = self.present.range(position + 1..).next().copied();
-        self.frames.insert(position, data.to_vec());
         self.present.insert(position);
         for a in 0..self.atoms.len() {
             let x = self.atom(a, position);
@@ -292,30 +343,37 @@ impl RunModel {
         }
         if self.lags() {
             if let (Some(p), Some(q)) = (prev, next) {
-                self.pair(p, q, -1.0);
+                self.pair(p, q, -1.0, &frames);
             }
             if let Some(p) = prev {
-                self.pair(p, position, 1.0);
+                self.pair(p, position, 1.0, &frames);
             }
             if let Some(q) = next {
-                self.pair(position, q, 1.0);
+                self.pair(position, q, 1.0, &frames);
             }
         }
         true
     }
 
     /// The sums of time function `x` over the frames in.
-    fn sums_of(&self, x: &[f64]) -> Sums {
+    fn sums_of(&self, x: &[f64], frames: &dyn FrameSource) -> Sums {
         let mut s = Sums::new(self.voxels, self.lags());
         let pos: Vec<usize> = self.present.iter().copied().collect();
         for (i, &t) in pos.iter().enumerate() {
-            let Some(y) = self.frames.get(&t) else {
+            // Only frames where the function (or its lag partner) is non-zero
+            // contribute: a new trial touches only frames after its onset.
+            let partner = if i > 0 { x[pos[i - 1]] } else { 0.0 };
+            if x[t] == 0.0 && partner == 0.0 {
+                continue;
+            }
+            let Some(y) = frames.frame(t) else {
+                tracing::warn!("frame {t} is no longer held; a new column's sums skip it");
                 continue;
             };
             axpy(&mut s.p, x[t], y);
             if self.lags() && i > 0 {
                 let p = pos[i - 1];
-                if let Some(yp) = self.frames.get(&p) {
+                if let Some(yp) = frames.frame(p) {
                     axpy(&mut s.l1, x[t], yp);
                     axpy(&mut s.l2, x[p], y);
                 }
@@ -324,15 +382,16 @@ impl RunModel {
         s
     }
 
-    /// Register a trial; returns its index. Frames already in are folded in.
-    pub fn add_trial(&mut self, stimulus: Stimulus) -> usize {
+    /// Register a trial; returns its index. Frames already in (read from
+    /// `frames`) are folded in.
+    pub fn add_trial(&mut self, stimulus: Stimulus, frames: &dyn FrameSource) -> usize {
         let ft = frame_times(
             self.planned,
             self.spec.design.tr,
             self.spec.design.slice_time_ref,
         );
         let regressor = condition_regressor(&[stimulus], &ft, &self.spec.design);
-        let sums = self.sums_of(&regressor);
+        let sums = self.sums_of(&regressor, frames);
         self.atoms[ALL_TRIALS].add_scaled(&sums, 1.0);
         for (a, r) in self.all_trials.iter_mut().zip(&regressor) {
             *a += r;
@@ -354,7 +413,7 @@ impl RunModel {
 
     /// Rebuild for a longer run: new design (drift basis, regressors) and
     /// all sums recomputed from the frames kept.
-    fn grow(&mut self, needed: usize) {
+    fn grow(&mut self, needed: usize, frames: &dyn FrameSource) {
         let planned = needed.max(self.planned * 3 / 2);
         tracing::warn!(
             "run longer than planned ({} frames): rebuilding the design for {planned} frames",
@@ -363,13 +422,22 @@ impl RunModel {
         let mut fresh = RunModel::new(self.spec.clone(), planned, self.voxels);
         let stimuli = std::mem::take(&mut self.stimuli);
         let retired: Vec<bool> = self.trials.iter().map(|t| t.sums.is_none()).collect();
-        let frames = std::mem::take(&mut self.frames);
-        let motion = self.motion.clone();
-        for (t, y) in &frames {
-            fresh.add_frame(*t, y, motion[*t]);
+        let mut lost = 0;
+        for &t in &self.present {
+            match frames.frame(t) {
+                Some(y) => {
+                    fresh.add_frame(t, y, self.motion[t], frames);
+                }
+                None => lost += 1,
+            }
+        }
+        if lost > 0 {
+            tracing::error!(
+                "{lost} early frames are no longer held: the rebuilt sums leave them out"
+            );
         }
         for (s, r) in stimuli.into_iter().zip(retired) {
-            let i = fresh.add_trial(s);
+            let i = fresh.add_trial(s, frames);
             if r {
                 fresh.retire_trial(i);
             }
@@ -433,7 +501,12 @@ impl RunModel {
 
     /// Estimate trial `k` from the frames in, requiring `min_dof` residual
     /// degrees of freedom.
-    pub fn estimate(&self, k: usize, min_dof: usize) -> Result<Estimate, EstimateError> {
+    pub fn estimate(
+        &self,
+        k: usize,
+        min_dof: usize,
+        frames: &dyn FrameSource,
+    ) -> Result<Estimate, EstimateError> {
         let cols = self.columns(k).ok_or(EstimateError::UnknownTrial(k))?;
         if self.trials[k].sums.is_none() {
             return Err(EstimateError::UnknownTrial(k));
@@ -468,7 +541,7 @@ impl RunModel {
                     s.axpy_into(&mut beta, gi[(c, 0)]);
                 }
             }
-            NoiseModel::Ar1 => self.ar1(k, &cols, &pos, &x, &g, &sums, &mut beta)?,
+            NoiseModel::Ar1 => self.ar1(k, &cols, &pos, &x, &g, &sums, frames, &mut beta)?,
         }
         if self.spec.scaling == SignalScaling::Percent {
             let sum_y = &self.atoms[CONST].p;
@@ -494,6 +567,7 @@ impl RunModel {
         x: &DMatrix<f64>,
         g: &DMatrix<f64>,
         sums: &[ColSums],
+        frames: &dyn FrameSource,
         beta: &mut [f64],
     ) -> Result<(), EstimateError> {
         let (n, p, v) = (pos.len(), cols.len(), self.voxels);
@@ -505,84 +579,124 @@ impl RunModel {
             .iter()
             .map(|(_, c)| self.col_sums(k, *c, |s| &s.l2))
             .collect();
-        // Full OLS coefficients b = G⁻¹P, column by column over voxels.
+        // Full OLS coefficients b = G⁻¹P and the residual sums
+        //   r0 = Σy² − bᵀP,  r1 = Σyᵢyᵢ₋₁ − bᵀ(L1 + L2) + bᵀCb,
+        // with C = Σ_{i≥1} x_i x_{i−1}ᵀ over consecutive frames. Voxels go in
+        // blocks that stay in L1 cache, and P, L1 + L2 are read straight from
+        // the running sums: whole-length temporaries would make this
+        // memory-bound (and page-fault on every estimate).
         let gi = solve_columns(g, &(0..p).collect::<Vec<_>>()).ok_or(EstimateError::Singular)?;
-        let mut b = vec![vec![0.0f64; v]; p];
-        for (c, bc) in b.iter_mut().enumerate() {
-            for (d, s) in sums.iter().enumerate() {
-                s.axpy_into(bc, gi[(c, d)]);
-            }
-        }
-        // C = Σ_{i≥1} x_i x_{i−1}ᵀ over consecutive frames.
         let mut cm = DMatrix::<f64>::zeros(p, p);
         for i in 1..n {
             cm += x.row(i).transpose() * x.row(i - 1);
         }
-        // r0 = Σy² − bᵀP ; r1 = Σyᵢyᵢ₋₁ − bᵀ(L1 + L2) + bᵀCb.
-        let mut r0 = self.syy.clone();
-        let mut r1 = self.sll.clone();
-        let mut cb = vec![vec![0.0f64; v]; p];
-        for (c, cbc) in cb.iter_mut().enumerate() {
-            for (d, bd) in b.iter().enumerate() {
-                let w = cm[(c, d)];
-                if w != 0.0 {
-                    for (a, &bv) in cbc.iter_mut().zip(bd) {
-                        *a += w * bv;
-                    }
-                }
+        const BLOCK: usize = 64;
+        let mut pb = vec![0.0f64; p * BLOCK];
+        let mut lb = vec![0.0f64; p * BLOCK];
+        let fill = |pb: &mut [f64], lb: &mut [f64], start: usize, len: usize| {
+            for c in 0..p {
+                sums[c].fill(start, &mut pb[c * BLOCK..c * BLOCK + len]);
+                l1[c].fill(start, &mut lb[c * BLOCK..c * BLOCK + len]);
+                l2[c].add_to(start, &mut lb[c * BLOCK..c * BLOCK + len]);
             }
-        }
-        for c in 0..p {
-            sums[c].sub_product_into(&mut r0, &b[c]);
-            l1[c].sub_product_into(&mut r1, &b[c]);
-            l2[c].sub_product_into(&mut r1, &b[c]);
-            for ((a, &bv), &cv) in r1.iter_mut().zip(&b[c]).zip(&cb[c]) {
-                *a += bv * cv;
-            }
-        }
-        // Per-voxel coefficient, binned as nilearn does: truncated to 1/bins.
+        };
         let bins = self.spec.ar_bins.max(1) as f64;
         let nf = n as f64;
-        let mut label: Vec<i64> = Vec::with_capacity(v);
-        for (a0, a1) in r0.iter().zip(&r1) {
-            let rho = if *a0 > 0.0 {
-                (a1 / ((nf - 1.0) * nf)) / (a0 / (nf * nf))
-            } else {
-                0.0
-            };
-            let rho = if rho.is_finite() { rho } else { 0.0 };
-            label.push((rho * bins) as i64);
+        let mut label = vec![0i64; v];
+        let mut b = vec![0.0f64; p * BLOCK];
+        let mut cb = vec![0.0f64; p * BLOCK];
+        let mut r0 = [0.0f64; BLOCK];
+        let mut r1 = [0.0f64; BLOCK];
+        for start in (0..v).step_by(BLOCK) {
+            let len = BLOCK.min(v - start);
+            fill(&mut pb, &mut lb, start, len);
+            b.iter_mut().for_each(|a| *a = 0.0);
+            cb.iter_mut().for_each(|a| *a = 0.0);
+            for c in 0..p {
+                let bc = &mut b[c * BLOCK..c * BLOCK + len];
+                for d in 0..p {
+                    axpy64(bc, gi[(c, d)], &pb[d * BLOCK..d * BLOCK + len]);
+                }
+            }
+            for c in 0..p {
+                let cbc = &mut cb[c * BLOCK..c * BLOCK + len];
+                for d in 0..p {
+                    axpy64(cbc, cm[(c, d)], &b[d * BLOCK..d * BLOCK + len]);
+                }
+            }
+            r0[..len].copy_from_slice(&self.syy[start..start + len]);
+            r1[..len].copy_from_slice(&self.sll[start..start + len]);
+            for c in 0..p {
+                let o = c * BLOCK;
+                for i in 0..len {
+                    r0[i] -= pb[o + i] * b[o + i];
+                    r1[i] += b[o + i] * (cb[o + i] - lb[o + i]);
+                }
+            }
+            // nilearn's Yule–Walker lag-1 coefficient, truncated to 1/bins.
+            // A lag-1 autocorrelation lies in [−1, 1]; outside means a
+            // degenerate voxel (flat, or numerically exhausted), which must
+            // not blow up the number of bins.
+            for i in 0..len {
+                let rho = if r0[i] > 0.0 {
+                    (r1[i] / ((nf - 1.0) * nf)) / (r0[i] / (nf * nf))
+                } else {
+                    0.0
+                };
+                label[start + i] = if rho.is_finite() {
+                    ((rho * bins) as i64).clamp(-(bins as i64), bins as i64)
+                } else {
+                    0
+                };
+            }
         }
+        let (lo, hi) = label
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
         let last = *pos.last().ok_or(EstimateError::Singular)?;
-        let y_last = self.frames.get(&last).ok_or(EstimateError::Singular)?;
+        let y_last = frames
+            .frame(last)
+            .ok_or(EstimateError::FrameNotHeld(last))?;
         let x_last = x.row(n - 1).transpose();
         let g_tail = g - &x_last * x_last.transpose();
         let cs = &cm + cm.transpose();
-        let mut weights: HashMap<i64, DVector<f64>> = HashMap::new();
+        // Whitened-fit weights per bin (the probe row of G_w⁻¹, with
+        // G_w = G − ρ(C + Cᵀ) + ρ²(G − x_last x_lastᵀ)), and their product
+        // with the last frame's regressors.
+        let nb = (hi - lo + 1).max(0) as usize;
+        let mut w = vec![0.0f64; p * nb];
+        let mut w_last = vec![0.0f64; nb];
+        let mut used = vec![false; nb];
         for &lab in &label {
-            if weights.contains_key(&lab) {
-                continue;
-            }
-            let rho = lab as f64 * 1.0 / bins;
-            let gw = g - &cs * rho + &g_tail * (rho * rho);
-            let w = solve_columns(&gw, &[0]).ok_or(EstimateError::Singular)?;
-            weights.insert(lab, w.column(0).into_owned());
+            used[(lab - lo) as usize] = true;
         }
-        // Whitened Xᵀy per voxel: P − ρ(L1 + L2) + ρ²(P − x_last·y_last).
-        let pv = |s: &ColSums, i: usize| s.at(i);
-        for (i, bt) in beta.iter_mut().enumerate() {
-            let lab = label[i];
-            let rho = lab as f64 * 1.0 / bins;
-            let Some(w) = weights.get(&lab) else { continue };
-            let yl = y_last[i] as f64;
-            let mut acc = 0.0;
+        for j in (0..nb).filter(|&j| used[j]) {
+            let rho = (lo + j as i64) as f64 * 1.0 / bins;
+            let gw = g - &cs * rho + &g_tail * (rho * rho);
+            let sol = solve_columns(&gw, &[0]).ok_or(EstimateError::Singular)?;
             for c in 0..p {
-                let pc = pv(&sums[c], i);
-                let wy =
-                    pc - rho * (pv(&l1[c], i) + pv(&l2[c], i)) + rho * rho * (pc - x_last[c] * yl);
-                acc += w[c] * wy;
+                w[j * p + c] = sol[(c, 0)];
             }
-            *bt = acc;
+            w_last[j] = (0..p).map(|c| sol[(c, 0)] * x_last[c]).sum();
+        }
+        // β = wᵀ[P − ρ(L1 + L2) + ρ²(P − x_last·y_last)] per voxel
+        //   = (1 + ρ²)·wᵀP − ρ·wᵀ(L1 + L2) − ρ²·y_last·wᵀx_last.
+        for start in (0..v).step_by(BLOCK) {
+            let len = BLOCK.min(v - start);
+            fill(&mut pb, &mut lb, start, len);
+            for i in 0..len {
+                let vox = start + i;
+                let j = (label[vox] - lo) as usize;
+                let wj = &w[j * p..(j + 1) * p];
+                let (mut wp, mut wl) = (0.0, 0.0);
+                for c in 0..p {
+                    wp += wj[c] * pb[c * BLOCK + i];
+                    wl += wj[c] * lb[c * BLOCK + i];
+                }
+                let rho = label[vox] as f64 * 1.0 / bins;
+                beta[vox] =
+                    (1.0 + rho * rho) * wp - rho * wl - rho * rho * y_last[vox] as f64 * w_last[j];
+            }
         }
         Ok(())
     }
@@ -604,12 +718,29 @@ enum ColSums<'a> {
 }
 
 impl ColSums<'_> {
-    #[inline]
-    fn at(&self, i: usize) -> f64 {
+    /// out = self[start..start + out.len()]
+    fn fill(&self, start: usize, out: &mut [f64]) {
+        let r = start..start + out.len();
         match self {
-            ColSums::One(a) => a[i],
-            ColSums::Diff(a, b) => a[i] - b[i],
-            ColSums::Zero => 0.0,
+            ColSums::One(a) => out.copy_from_slice(&a[r]),
+            ColSums::Diff(a, b) => out
+                .iter_mut()
+                .zip(a[r.clone()].iter().zip(&b[r]))
+                .for_each(|(o, (x, y))| *o = x - y),
+            ColSums::Zero => out.iter_mut().for_each(|o| *o = 0.0),
+        }
+    }
+
+    /// out += self[start..start + out.len()]
+    fn add_to(&self, start: usize, out: &mut [f64]) {
+        let r = start..start + out.len();
+        match self {
+            ColSums::One(a) => out.iter_mut().zip(&a[r]).for_each(|(o, x)| *o += x),
+            ColSums::Diff(a, b) => out
+                .iter_mut()
+                .zip(a[r.clone()].iter().zip(&b[r]))
+                .for_each(|(o, (x, y))| *o += x - y),
+            ColSums::Zero => {}
         }
     }
 
@@ -623,21 +754,6 @@ impl ColSums<'_> {
                 .iter_mut()
                 .zip(a.iter().zip(b.iter()))
                 .for_each(|(o, (x, y))| *o += w * (x - y)),
-            ColSums::Zero => {}
-        }
-    }
-
-    /// out −= self ⊙ b
-    fn sub_product_into(&self, out: &mut [f64], b: &[f64]) {
-        match self {
-            ColSums::One(a) => out
-                .iter_mut()
-                .zip(a.iter().zip(b))
-                .for_each(|(o, (x, bv))| *o -= x * bv),
-            ColSums::Diff(a, c) => out
-                .iter_mut()
-                .zip(a.iter().zip(c.iter()).zip(b))
-                .for_each(|(o, ((x, y), bv))| *o -= (x - y) * bv),
             ColSums::Zero => {}
         }
     }
@@ -657,9 +773,27 @@ fn solve_columns(g: &DMatrix<f64>, which: &[usize]) -> Option<DMatrix<f64>> {
         which.len(),
         |i, j| if i == which[j] { scale[i] } else { 0.0 },
     );
-    let sol = match gs.clone().cholesky() {
-        Some(ch) => ch.solve(&rhs),
-        None => gs.pseudo_inverse(1e-15).ok()? * &rhs,
+    // Cholesky when well conditioned; otherwise the pseudo-inverse, as
+    // nilearn (pinv, with full_rank's guard at condition 1e15) would.
+    let eig = gs.clone().symmetric_eigen();
+    let (lmin, lmax) = eig
+        .eigenvalues
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(a, b), &l| {
+            (a.min(l), b.max(l.abs()))
+        });
+    let well = lmax > 0.0 && lmin > 1e-13 * lmax;
+    let sol = match (well, gs.clone().cholesky()) {
+        (true, Some(ch)) => ch.solve(&rhs),
+        _ => {
+            let inv = &eig.eigenvectors
+                * DMatrix::from_diagonal(
+                    &eig.eigenvalues
+                        .map(|l| if l > 1e-13 * lmax { 1.0 / l } else { 0.0 }),
+                )
+                * eig.eigenvectors.transpose();
+            inv * &rhs
+        }
     };
     let out = DMatrix::from_fn(p, which.len(), |i, j| sol[(i, j)] * scale[i]);
     out.iter().all(|v| v.is_finite()).then_some(out)
