@@ -165,6 +165,11 @@ impl RunBuffer {
         self.ring.iter()
     }
 
+    /// Frames newest first.
+    pub fn frames_rev(&self) -> impl Iterator<Item = &Frame> {
+        self.ring.iter().rev()
+    }
+
     /// The frame of volume `index`, if held.
     pub fn get(&self, index: u32) -> Option<&Frame> {
         self.ring.iter().find(|f| f.index == index)

@@ -50,7 +50,15 @@ enum Command {
         /// Also write per-volume registration+resampling times (seconds).
         #[arg(long)]
         timing: Option<PathBuf>,
+        /// Also write the realigned series (reference grid) here.
+        #[arg(long)]
+        resampled: Option<PathBuf>,
+        /// Also write the session mask (nilearn-style EPI mask of the reference) here.
+        #[arg(long)]
+        mask_out: Option<PathBuf>,
     },
+    /// Single-trial betas offline: the live GLM over a realigned 4-D series.
+    Glm(Box<boldstream::glm::offline::GlmArgs>),
 }
 
 /// Logs: stderr (journald-friendly: no colours unless a terminal) at
@@ -136,12 +144,25 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `boldstream realign` writes.
+struct RealignOutputs<'a> {
+    par: &'a Path,
+    timing: Option<&'a Path>,
+    resampled: Option<&'a Path>,
+    mask: Option<&'a Path>,
+}
+
 fn realign_offline(
     input: &Path,
-    out: &Path,
     reference: Option<&Path>,
-    timing: Option<&Path>,
+    outputs: RealignOutputs<'_>,
 ) -> anyhow::Result<()> {
+    let RealignOutputs {
+        par: out,
+        timing,
+        resampled,
+        mask,
+    } = outputs;
     let series =
         nifti::read_series(input).map_err(|e| anyhow::anyhow!("{}: {e}", input.display()))?;
     let reference = reference
@@ -159,6 +180,42 @@ fn realign_offline(
     std::fs::write(out, par).with_context(|| format!("writing {}", out.display()))?;
     if let Some(t) = timing {
         std::fs::write(t, times).with_context(|| format!("writing {}", t.display()))?;
+    }
+    let reference = reference.as_ref().or(series.volumes.first());
+    if let (Some(path), Some(reference)) = (resampled, reference) {
+        let centre =
+            boldstream::realign::register::Registration::new(reference, Default::default())
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .centre();
+        let resampler = boldstream::realign::resample::Resampler::onto_reference(reference.grid());
+        let vols: Vec<_> = series
+            .volumes
+            .iter()
+            .zip(&results)
+            .map(|(v, (p, _))| {
+                resampler.resample(
+                    v,
+                    &boldstream::realign::transform::ref_to_volume_from_par(p, centre),
+                )
+            })
+            .collect();
+        let opts = nifti::WriteOptions {
+            gzip: path.to_string_lossy().ends_with(".gz"),
+            tr: series.tr,
+            ..Default::default()
+        };
+        nifti::write_series(path, &vols, &opts)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let (Some(path), Some(reference)) = (mask, reference) {
+        let m = boldstream::mask::SessionMask::compute_epi(reference)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let opts = nifti::WriteOptions {
+            gzip: path.to_string_lossy().ends_with(".gz"),
+            ..Default::default()
+        };
+        nifti::write_volume(path, &m.to_volume(), &opts)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -206,9 +263,24 @@ fn dispatch() -> anyhow::Result<()> {
             out,
             reference,
             timing,
+            resampled,
+            mask_out,
         } => {
             init_logging("info", None)?;
-            realign_offline(&input, &out, reference.as_deref(), timing.as_deref())
+            realign_offline(
+                &input,
+                reference.as_deref(),
+                RealignOutputs {
+                    par: &out,
+                    timing: timing.as_deref(),
+                    resampled: resampled.as_deref(),
+                    mask: mask_out.as_deref(),
+                },
+            )
+        }
+        Command::Glm(args) => {
+            init_logging("info", None)?;
+            boldstream::glm::offline::run_cli(&args)
         }
     }
 }

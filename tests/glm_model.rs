@@ -55,12 +55,12 @@ fn data(seed: u64) -> Data {
             .collect();
         let rho = rng.random_range(-0.2..0.6);
         let mut e = 0.0;
-        for t in 0..N {
+        for (t, (frame, m)) in y.iter_mut().zip(&motion).enumerate() {
             e = rho * e + rng.random_range(-3.0..3.0);
             let task: f64 = regs.iter().zip(&amps).map(|(r, a)| r[t] * a).sum();
             let drift = 4.0 * (t as f64 / 30.0).sin();
-            let mot = 30.0 * motion[t][3] - 200.0 * motion[t][0];
-            y[t][v] = (base + task + drift + mot + e) as f32;
+            let mot = 30.0 * m[3] - 200.0 * m[0];
+            frame[v] = (base + task + drift + mot + e) as f32;
         }
     }
     Data { y, motion, trials }

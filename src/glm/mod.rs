@@ -7,3 +7,5 @@
 pub mod design;
 pub mod hrf;
 pub mod model;
+pub mod offline;
+pub mod run;

@@ -218,6 +218,12 @@ pub struct RunModel {
     trials: Vec<Trial>,
     stimuli: Vec<Stimulus>,
     present: BTreeSet<usize>,
+    /// Per-voxel value subtracted from every frame before it enters the
+    /// sums (the first frame's). The constant column absorbs it exactly,
+    /// and the sums then hold fluctuations rather than squared means:
+    /// r0 = Σy² − bᵀP stops losing ~7 digits to cancellation, which would
+    /// otherwise flip the odd voxel's AR(1) bin.
+    offset: Option<Vec<f32>>,
     /// Sums of the fixed atoms: constant, 6 motion, all-trials, drift.
     atoms: Vec<Sums>,
     syy: Vec<f64>,
@@ -243,6 +249,7 @@ impl RunModel {
             trials: Vec::new(),
             stimuli: Vec::new(),
             present: BTreeSet::new(),
+            offset: None,
             atoms,
             syy: vec![0.0; voxels],
             sll: if lags { vec![0.0; voxels] } else { Vec::new() },
@@ -287,6 +294,7 @@ impl RunModel {
             tracing::warn!("frames {p} and {q} are no longer held; lag-1 sums skip that pair");
             return;
         };
+        let (yp, yq) = (self.centred(yp), self.centred(yq));
         for a in 0..self.atoms.len() {
             let (xq, xp) = (self.atom(a, q), self.atom(a, p));
             axpy(&mut self.atoms[a].l1, s * xq, &yp);
@@ -298,7 +306,7 @@ impl RunModel {
                 axpy(&mut sums.l2, s * tr.regressor[p], &yq);
             }
         }
-        for ((a, &u), &w) in self.sll.iter_mut().zip(yq).zip(yp) {
+        for ((a, &u), &w) in self.sll.iter_mut().zip(&yq).zip(&yp) {
             *a += s * u as f64 * w as f64;
         }
     }
@@ -326,9 +334,14 @@ impl RunModel {
             data,
         };
         self.motion[position] = motion;
+        if self.offset.is_none() {
+            self.offset = Some(data.to_vec());
+        }
         let prev = self.present.range(..position).next_back().copied();
         let next = self.present.range(position + 1..).next().copied();
         self.present.insert(position);
+        let centred = self.centred(data);
+        let data = centred.as_slice();
         for a in 0..self.atoms.len() {
             let x = self.atom(a, position);
             axpy(&mut self.atoms[a].p, x, data);
@@ -355,6 +368,15 @@ impl RunModel {
         true
     }
 
+    /// A frame minus the per-voxel offset (exact in f32: both values are
+    /// close, so the subtraction is exact by Sterbenz's lemma).
+    fn centred(&self, y: &[f32]) -> Vec<f32> {
+        match &self.offset {
+            Some(o) => y.iter().zip(o).map(|(a, b)| a - b).collect(),
+            None => y.to_vec(),
+        }
+    }
+
     /// The sums of time function `x` over the frames in.
     fn sums_of(&self, x: &[f64], frames: &dyn FrameSource) -> Sums {
         let mut s = Sums::new(self.voxels, self.lags());
@@ -370,12 +392,14 @@ impl RunModel {
                 tracing::warn!("frame {t} is no longer held; a new column's sums skip it");
                 continue;
             };
-            axpy(&mut s.p, x[t], y);
+            let y = self.centred(y);
+            axpy(&mut s.p, x[t], &y);
             if self.lags() && i > 0 {
                 let p = pos[i - 1];
                 if let Some(yp) = frames.frame(p) {
-                    axpy(&mut s.l1, x[t], yp);
-                    axpy(&mut s.l2, x[p], y);
+                    let yp = self.centred(yp);
+                    axpy(&mut s.l1, x[t], &yp);
+                    axpy(&mut s.l2, x[p], &y);
                 }
             }
         }
@@ -420,6 +444,7 @@ impl RunModel {
             self.planned
         );
         let mut fresh = RunModel::new(self.spec.clone(), planned, self.voxels);
+        fresh.offset = self.offset.clone();
         let stimuli = std::mem::take(&mut self.stimuli);
         let retired: Vec<bool> = self.trials.iter().map(|t| t.sums.is_none()).collect();
         let mut lost = 0;
@@ -545,8 +570,10 @@ impl RunModel {
         }
         if self.spec.scaling == SignalScaling::Percent {
             let sum_y = &self.atoms[CONST].p;
-            for (b, s) in beta.iter_mut().zip(sum_y) {
-                *b *= 100.0 / (s / n as f64).max(1.0);
+            let offset = self.offset.as_deref().unwrap_or(&[]);
+            for (i, (b, s)) in beta.iter_mut().zip(sum_y).enumerate() {
+                let mean = s / n as f64 + offset.get(i).copied().unwrap_or(0.0) as f64;
+                *b *= 100.0 / mean.max(1.0);
             }
         }
         Ok(Estimate {
@@ -654,9 +681,11 @@ impl RunModel {
             .iter()
             .fold((i64::MAX, i64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
         let last = *pos.last().ok_or(EstimateError::Singular)?;
-        let y_last = frames
-            .frame(last)
-            .ok_or(EstimateError::FrameNotHeld(last))?;
+        let y_last = self.centred(
+            frames
+                .frame(last)
+                .ok_or(EstimateError::FrameNotHeld(last))?,
+        );
         let x_last = x.row(n - 1).transpose();
         let g_tail = g - &x_last * x_last.transpose();
         let cs = &cm + cm.transpose();
