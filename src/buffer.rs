@@ -243,7 +243,11 @@ impl RunBuffers {
             PipelineEvent::Ingest(IngestEvent::Missing { key, .. }) => {
                 self.ring(key.run).push_missing(key.index)
             }
-            PipelineEvent::Ingest(_) => {}
+            PipelineEvent::Ingest(_)
+            | PipelineEvent::Beta(_)
+            | PipelineEvent::TrialSkipped { .. }
+            | PipelineEvent::Feedback(_)
+            | PipelineEvent::Notice(_) => {}
         }
     }
 }

@@ -76,6 +76,9 @@ pub enum IngestEvent {
     RunStarted {
         /// Run number.
         run: u32,
+        /// Index of the run's first volume (0 or 1, by exporter): volume
+        /// `first_index` is at time 0 of the run.
+        first_index: u32,
     },
     /// A good volume, released in index order within its run (or late).
     Volume(Box<IngestedVolume>),
@@ -175,4 +178,80 @@ pub enum PipelineEvent {
     },
     /// A non-volume ingest event, passed through.
     Ingest(IngestEvent),
+    /// A trial's beta.
+    Beta(Box<TrialBeta>),
+    /// A trial that will not get a beta, and why.
+    TrialSkipped {
+        /// Run number.
+        run: u32,
+        /// Trial number within the run.
+        trial: usize,
+        /// Its event.
+        event: crate::events::Event,
+        /// Why, in words.
+        reason: String,
+    },
+    /// Neurofeedback values for a volume.
+    Feedback(Box<FeedbackSample>),
+    /// Something the operator should know (restarts, disabled outputs…).
+    Notice(String),
+}
+
+/// A trial's response pattern, estimated.
+#[derive(Debug, Clone)]
+pub struct TrialBeta {
+    /// Run number.
+    pub run: u32,
+    /// Trial number within the run (order of registration).
+    pub trial: usize,
+    /// The trial's event.
+    pub event: crate::events::Event,
+    /// The volume whose arrival made the trial due.
+    pub trigger: VolumeKey,
+    /// Frames used.
+    pub frames: usize,
+    /// Regressors in its model.
+    pub regressors: usize,
+    /// Estimated later than planned (too few frames at first).
+    pub delayed: bool,
+    /// From a warm-up run: stored and counted in the statistics, not decoded.
+    pub warmup: bool,
+    /// Probe effect size per voxel (mask order), after signal scaling.
+    pub raw: std::sync::Arc<[f32]>,
+    /// z-scored.
+    pub z: std::sync::Arc<[f32]>,
+    /// What the decoder gets: `z`, or the mean over the image's presentations.
+    pub decode: std::sync::Arc<[f32]>,
+    /// Presentations of this image so far, this one included.
+    pub presentations: usize,
+    /// Time spent estimating and normalising, seconds.
+    pub compute_seconds: f64,
+    /// When the trigger volume's file was first seen (None when the
+    /// trigger was a gap).
+    pub trigger_seen: Option<Instant>,
+    /// When the beta was ready.
+    pub ready: Instant,
+    /// Wall-clock time the beta was ready.
+    pub ready_wall: SystemTime,
+}
+
+/// Per-volume neurofeedback values.
+#[derive(Debug, Clone)]
+pub struct FeedbackSample {
+    /// The volume.
+    pub key: VolumeKey,
+    /// One value per configured region or decoder.
+    pub values: Vec<FeedbackValue>,
+}
+
+/// One neurofeedback value.
+#[derive(Debug, Clone)]
+pub struct FeedbackValue {
+    /// Name from the configuration.
+    pub name: String,
+    /// The value: percent signal change of a region (cleaned of drift and
+    /// motion), or a decoder's output.
+    pub value: f64,
+    /// After the configured smoothing (equal to `value` when none).
+    pub smoothed: f64,
 }

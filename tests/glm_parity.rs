@@ -82,17 +82,18 @@ fn check(noise: NoiseModel, name: &str, tol: f64) {
     let schedule = Schedule {
         delay: f("delay"),
         min_dof: settings["min_dof"].as_integer().unwrap() as usize,
-        capacity: frames,
         ..Schedule::default()
     };
     let mut glm = RunGlm::new(spec, frames, voxels, schedule, &events);
     let mut outcomes = Vec::new();
+    let mut held: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
     for t in 0..frames {
         let frame: Vec<f32> = data[t * voxels..(t + 1) * voxels]
             .iter()
             .map(|&v| v as f32)
             .collect();
-        outcomes.extend(glm.frame(t, &frame, motion[t], false));
+        held.insert(t, frame);
+        outcomes.extend(glm.frame(t, &held[&t], motion[t], false, &held));
     }
     outcomes.extend(glm.finish());
 

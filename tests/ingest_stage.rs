@@ -160,7 +160,7 @@ impl Fixture {
 
 fn describe(e: &IngestEvent) -> String {
     match e {
-        IngestEvent::RunStarted { run } => format!("start {run}"),
+        IngestEvent::RunStarted { run, .. } => format!("start {run}"),
         IngestEvent::RunEnded { run } => format!("end {run}"),
         IngestEvent::Volume(v) => format!(
             "vol {}/{}{}",

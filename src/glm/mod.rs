@@ -7,5 +7,6 @@
 pub mod design;
 pub mod hrf;
 pub mod model;
+pub mod normalize;
 pub mod offline;
 pub mod run;

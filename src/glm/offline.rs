@@ -5,6 +5,7 @@
 //! from the same frames as the live daemon would — the frames arrive one by
 //! one through [`RunGlm`]. The parity script compares these with nilearn.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -157,16 +158,17 @@ pub fn run(args: &GlmArgs) -> anyhow::Result<Vec<TrialOutcome>> {
     let schedule = Schedule {
         delay: args.delay,
         min_dof: args.min_dof,
-        capacity: series.volumes.len().max(1),
         ..Schedule::default()
     };
     let planned = args.planned.unwrap_or(series.volumes.len());
     let mut glm = RunGlm::new(spec, planned, mask.len(), schedule, &events);
     let mut out = Vec::new();
-    let mut masked = Vec::new();
+    let mut frames: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
     for (t, vol) in series.volumes.iter().enumerate() {
+        let mut masked = Vec::new();
         mask.gather_into(vol.values(), &mut masked);
-        out.extend(glm.frame(t, &masked, motion[t], false));
+        frames.insert(t, masked);
+        out.extend(glm.frame(t, &frames[&t], motion[t], false, &frames));
     }
     out.extend(glm.finish());
     out.sort_by_key(|o| o.trial);

@@ -28,8 +28,6 @@ pub struct Schedule {
     pub min_dof: usize,
     /// Trial types modelled (as "reference") but never estimated, e.g. blanks.
     pub skip_trial_types: Vec<String>,
-    /// Frames kept in the run's ring buffer.
-    pub capacity: usize,
 }
 
 impl Default for Schedule {
@@ -38,7 +36,6 @@ impl Default for Schedule {
             delay: 7.5,
             min_dof: 5,
             skip_trial_types: Vec::new(),
-            capacity: 600,
         }
     }
 }
@@ -78,21 +75,31 @@ pub struct TrialOutcome {
     pub last_position: Option<usize>,
 }
 
-impl FrameSource for RunBuffer {
+/// A run's ring buffer seen by position (volume index − the run's first
+/// index), as the model reads frames.
+pub struct RingView<'a> {
+    /// The run's ring.
+    pub ring: &'a RunBuffer,
+    /// Index of the run's first volume.
+    pub first_index: u32,
+}
+
+impl FrameSource for RingView<'_> {
     fn frame(&self, position: usize) -> Option<&[f32]> {
-        let position = u32::try_from(position).ok()?;
+        let index = u32::try_from(position).ok()?.checked_add(self.first_index)?;
         // Recent frames are at the back; that is where lookups go.
-        self.frames_rev()
-            .find(|f| f.index == position)
+        self.ring
+            .frames_rev()
+            .find(|f| f.index == index)
             .filter(|f| f.present)
             .map(|f| f.data.as_slice())
     }
 }
 
-/// The GLM of one run.
+/// The GLM of one run. Frames are read from the run's ring buffer, which
+/// the caller keeps (and updates before each call).
 pub struct RunGlm {
     model: RunModel,
-    ring: RunBuffer,
     schedule: Schedule,
     trials: Vec<TrialState>,
     /// Positions below this are settled (received or declared missing).
@@ -114,22 +121,17 @@ impl RunGlm {
         let (tr, slice_time_ref) = (spec.design.tr, spec.design.slice_time_ref);
         let mut run = RunGlm {
             model: RunModel::new(spec, planned, voxels),
-            ring: RunBuffer::new(0, schedule.capacity, voxels),
             schedule,
             trials: Vec::new(),
             next: 0,
             tr,
             slice_time_ref,
         };
+        let none: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
         for e in events {
-            run.add_event(e.clone());
+            run.add_event(e.clone(), &none);
         }
         run
-    }
-
-    /// The run's ring buffer of frames.
-    pub fn ring(&self) -> &RunBuffer {
-        &self.ring
     }
 
     /// Trials registered.
@@ -146,13 +148,13 @@ impl RunGlm {
     /// Register a trial (events table or live message); returns its number.
     /// A trial whose moment has already passed is estimated at the next
     /// frame (its data are in).
-    pub fn add_event(&mut self, event: Event) -> usize {
+    pub fn add_event(&mut self, event: Event, frames: &dyn FrameSource) -> usize {
         let stimulus = Stimulus {
             onset: event.onset,
             duration: event.duration,
             value: event.modulation,
         };
-        let k = self.model.add_trial(stimulus, &self.ring);
+        let k = self.model.add_trial(stimulus, frames);
         let skip = self.schedule.skip_trial_types.contains(&event.trial_type);
         if skip {
             self.model.retire_trial(k);
@@ -171,7 +173,7 @@ impl RunGlm {
     }
 
     /// Estimate every pending trial whose moment has come.
-    fn due(&mut self) -> Vec<TrialOutcome> {
+    fn due(&mut self, frames: &dyn FrameSource) -> Vec<TrialOutcome> {
         let mut out = Vec::new();
         let settled = self.next;
         for k in 0..self.trials.len() {
@@ -180,7 +182,7 @@ impl RunGlm {
                 continue;
             }
             let start = Instant::now();
-            match self.model.estimate(k, self.schedule.min_dof, &self.ring) {
+            match self.model.estimate(k, self.schedule.min_dof, frames) {
                 Ok(est) => {
                     let delayed = settled > t.trigger + 1;
                     let outcome = TrialOutcome {
@@ -219,48 +221,32 @@ impl RunGlm {
         out
     }
 
-    /// A frame arrived. In-order frames advance the schedule and return the
-    /// trials now estimated; late frames only join the sums.
+    /// A frame arrived (and is already in `frames`). In-order frames
+    /// advance the schedule and return the trials now estimated; late frames
+    /// only join the sums.
     pub fn frame(
         &mut self,
         position: usize,
         data: &[f32],
         motion: [f64; 6],
         late: bool,
+        frames: &dyn FrameSource,
     ) -> Vec<TrialOutcome> {
-        let Ok(index) = u32::try_from(position) else {
-            return Vec::new();
-        };
+        self.model.add_frame(position, data, motion, frames);
         if late || position < self.next {
-            if !self.ring.fill_late(index, data) {
-                tracing::warn!(
-                    "late frame {position} is older than the ring buffer holds; left out of the GLM"
-                );
-                return Vec::new();
-            }
-            self.model.add_frame(position, data, motion, &self.ring);
             return Vec::new();
         }
-        // Frames skipped without a gap report count as missing.
-        for gap in self.next..position {
-            self.ring.push_missing(gap as u32);
-        }
-        self.ring.push(index, data);
-        self.model.add_frame(position, data, motion, &self.ring);
         self.next = position + 1;
-        self.due()
+        self.due(frames)
     }
 
     /// A frame was declared missing: the schedule moves on without it.
-    pub fn missing(&mut self, position: usize) -> Vec<TrialOutcome> {
+    pub fn missing(&mut self, position: usize, frames: &dyn FrameSource) -> Vec<TrialOutcome> {
         if position < self.next {
             return Vec::new();
         }
-        for gap in self.next..=position {
-            self.ring.push_missing(gap as u32);
-        }
         self.next = position + 1;
-        self.due()
+        self.due(frames)
     }
 
     /// The run ended: every trial never estimated, with the reason.

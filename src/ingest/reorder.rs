@@ -54,7 +54,8 @@ pub struct ReorderConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output<T> {
     /// A run opened; its volumes follow.
-    RunStarted(u32),
+    /// A run started: its number and the index of its first volume.
+    RunStarted(u32, u32),
     /// A volume to send downstream.
     Release {
         /// Its run and index.
@@ -222,7 +223,8 @@ impl<T> Reorder<T> {
                     }
                     self.set_status(key.run, Status::Open);
                     self.open = Some(key.run);
-                    out.push(Output::RunStarted(key.run));
+                    let first = self.runs.get(&key.run).map_or(0, |r| r.first_index);
+                    out.push(Output::RunStarted(key.run, first));
                 }
             }
         }
@@ -496,7 +498,7 @@ mod tests {
     fn conv(out: Vec<Output<u32>>) -> Vec<E> {
         out.into_iter()
             .map(|o| match o {
-                Output::RunStarted(r) => E::Start(r),
+                Output::RunStarted(r, _) => E::Start(r),
                 Output::Release { key, item, late } => {
                     assert_eq!(item, key.index);
                     E::Vol(key.run, key.index, late)

@@ -843,9 +843,9 @@ impl Stage {
     fn emit_outputs(&mut self, outs: Vec<Output<Taken>>) {
         for o in outs {
             let ev = match o {
-                Output::RunStarted(run) => {
+                Output::RunStarted(run, first_index) => {
                     tracing::info!("run {run} started");
-                    IngestEvent::RunStarted { run }
+                    IngestEvent::RunStarted { run, first_index }
                 }
                 Output::RunEnded(run) => {
                     tracing::info!("run {run} ended");

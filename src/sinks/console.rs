@@ -69,6 +69,40 @@ impl<W: Write> Console<W> {
                     latency,
                 )
             }
+            PipelineEvent::Beta(b) => {
+                let latency = b
+                    .trigger_seen
+                    .map(|t| format!(", {:.1} ms after the trigger volume arrived", b.ready.saturating_duration_since(t).as_secs_f64() * 1e3))
+                    .unwrap_or_default();
+                writeln!(
+                    self.out,
+                    "run {:>2} trial {:>3} ({}, onset {:.1} s): beta from {} frames{}{}{}{}",
+                    b.run,
+                    b.trial,
+                    b.event.stim_id.as_deref().unwrap_or(&b.event.trial_type),
+                    b.event.onset,
+                    b.frames,
+                    latency,
+                    if b.presentations > 1 { format!(", presentation {}", b.presentations) } else { String::new() },
+                    if b.delayed { ", delayed (too few frames at first)" } else { "" },
+                    if b.warmup { ", warm-up run" } else { "" },
+                )
+            }
+            PipelineEvent::TrialSkipped { run, trial, event, reason } => writeln!(
+                self.out,
+                "run {run:>2} trial {trial:>3} ({}, onset {:.1} s): NO BETA — {reason}",
+                event.stim_id.as_deref().unwrap_or(&event.trial_type),
+                event.onset
+            ),
+            PipelineEvent::Feedback(f) => {
+                let parts: Vec<String> = f
+                    .values
+                    .iter()
+                    .map(|v| format!("{} {:.3} (smoothed {:.3})", v.name, v.value, v.smoothed))
+                    .collect();
+                writeln!(self.out, "    feedback {}: {}", f.key, parts.join(" | "))
+            }
+            PipelineEvent::Notice(t) => writeln!(self.out, "notice: {t}"),
             PipelineEvent::RealignFailed { key, path, reason } => {
                 writeln!(
                     self.out,
@@ -77,7 +111,7 @@ impl<W: Write> Console<W> {
                 )
             }
             PipelineEvent::Ingest(ev) => match ev {
-                IngestEvent::RunStarted { run } => writeln!(self.out, "== run {run} started"),
+                IngestEvent::RunStarted { run, .. } => writeln!(self.out, "== run {run} started"),
                 IngestEvent::RunEnded { run } => writeln!(
                     self.out,
                     "== run {run} ended ({} volumes so far, {} with FD > {} mm)",

@@ -32,13 +32,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::npy::NpyAppender;
 use crate::formats::nifti::{self, WriteOptions};
-use crate::messages::{IngestEvent, MissingReason, PipelineEvent, RealignedVolume, VolumeKey};
+use crate::messages::{IngestEvent, MissingReason, PipelineEvent, RealignedVolume, TrialBeta, VolumeKey};
 use crate::realign::transform::MotionParams;
 
 const QC_HEADER: &str = "volume\tstatus\tfile\tarrival_unix\trx\try\trz\ttx\tty\ttz\tfd\tdvars\tdvars_pct\tdecode_ms\twait_ms\tqueue_ms\trealign_ms\tlatency_ms\tattempts\titerations\tgain\tdetail";
 
 struct RunFiles {
     dir: PathBuf,
+    feedback: Option<File>,
     qc: File,
     par: File,
     masked: Option<NpyAppender>,
@@ -48,9 +49,20 @@ struct RunFiles {
     motion: BTreeMap<u32, Option<MotionParams>>,
 }
 
+/// The session's beta files (created with the first beta).
+struct BetaFiles {
+    raw: NpyAppender,
+    z: NpyAppender,
+    decode: NpyAppender,
+}
+
+const BETA_HEADER: &str = "row\trun\ttrial\timage_id\ttrial_type\tonset\tduration\ttrigger_volume\tframes\tregressors\tpresentations\tdelayed\twarmup\testimated_unix\tlatency_ms\tcompute_ms\tstatus";
+
 /// Writes the session folder.
 pub struct SessionStore {
     dir: PathBuf,
+    betas: Option<BetaFiles>,
+    beta_index: Option<File>,
     ingest_log: File,
     runs: BTreeMap<u32, RunFiles>,
     mask_voxels: usize,
@@ -100,6 +112,8 @@ impl SessionStore {
         }
         Ok(SessionStore {
             dir: dir.to_path_buf(),
+            betas: None,
+            beta_index: None,
             ingest_log,
             runs: BTreeMap::new(),
             mask_voxels: 0,
@@ -128,6 +142,7 @@ impl SessionStore {
                 run,
                 RunFiles {
                     dir,
+                    feedback: None,
                     qc,
                     par,
                     masked: None,
@@ -189,12 +204,50 @@ impl SessionStore {
                 self.placeholder(*key, "failed", path, reason)
             }
             PipelineEvent::Ingest(ev) => self.ingest(ev),
+            PipelineEvent::Beta(b) => self.beta(b),
+            PipelineEvent::TrialSkipped {
+                run,
+                trial,
+                event,
+                reason,
+            } => {
+                self.log("trial_skipped", None, Path::new(""), &format!("run {run} trial {trial}: {reason}"))?;
+                let index = self.betas_index()?;
+                writeln!(
+                    index,
+                    "n/a\t{run}\t{trial}\t{}\t{}\t{}\t{}\tn/a\tn/a\tn/a\tn/a\tn/a\tn/a\tn/a\tn/a\tn/a\t{}",
+                    event.stim_id.as_deref().unwrap_or("n/a"),
+                    clean(&event.trial_type),
+                    event.onset,
+                    event.duration,
+                    clean(reason)
+                )
+            }
+            PipelineEvent::Feedback(f) => {
+                let rf = self.run(f.key.run)?;
+                if rf.feedback.is_none() {
+                    let path = rf.dir.join("feedback.tsv");
+                    let new = !path.exists();
+                    let mut file = append(&path)?;
+                    if new {
+                        writeln!(file, "volume\tname\tvalue\tsmoothed")?;
+                    }
+                    rf.feedback = Some(file);
+                }
+                if let Some(file) = rf.feedback.as_mut() {
+                    for v in &f.values {
+                        writeln!(file, "{}\t{}\t{:.6}\t{:.6}", f.key.index, clean(&v.name), v.value, v.smoothed)?;
+                    }
+                }
+                Ok(())
+            }
+            PipelineEvent::Notice(text) => self.log("notice", None, Path::new(""), text),
         }
     }
 
     fn ingest(&mut self, ev: &IngestEvent) -> std::io::Result<()> {
         match ev {
-            IngestEvent::RunStarted { run } => {
+            IngestEvent::RunStarted { run, .. } => {
                 self.run(*run)?;
                 self.log("run_started", None, Path::new(""), &format!("run {run}"))
             }
@@ -240,6 +293,67 @@ impl SessionStore {
                 "volume reached the store without realignment",
             ),
         }
+    }
+
+    fn betas_index(&mut self) -> std::io::Result<&mut File> {
+        if self.beta_index.is_none() {
+            let dir = self.dir.join("betas");
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join("index.tsv");
+            let new = !path.exists();
+            let mut f = append(&path)?;
+            if new {
+                writeln!(f, "{BETA_HEADER}")?;
+            }
+            self.beta_index = Some(f);
+        }
+        self.beta_index
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("beta index vanished"))
+    }
+
+    fn beta(&mut self, b: &TrialBeta) -> std::io::Result<()> {
+        if self.betas.is_none() {
+            let dir = self.dir.join("betas");
+            std::fs::create_dir_all(&dir)?;
+            let v = b.raw.len();
+            self.betas = Some(BetaFiles {
+                raw: NpyAppender::create(&dir.join("raw.npy"), v)?,
+                z: NpyAppender::create(&dir.join("z.npy"), v)?,
+                decode: NpyAppender::create(&dir.join("decode.npy"), v)?,
+            });
+        }
+        let files = self
+            .betas
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("beta files vanished"))?;
+        let row = files.raw.rows();
+        files.raw.append(&b.raw)?;
+        files.z.append(&b.z)?;
+        files.decode.append(&b.decode)?;
+        let latency = b
+            .trigger_seen
+            .map(|t| format!("{:.3}", b.ready.saturating_duration_since(t).as_secs_f64() * 1e3))
+            .unwrap_or_else(|| "n/a".into());
+        let index = self.betas_index()?;
+        writeln!(
+            index,
+            "{row}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.3}\t{latency}\t{:.3}\tok",
+            b.run,
+            b.trial,
+            b.event.stim_id.as_deref().unwrap_or("n/a"),
+            clean(&b.event.trial_type),
+            b.event.onset,
+            b.event.duration,
+            b.trigger.index,
+            b.frames,
+            b.regressors,
+            b.presentations,
+            u8::from(b.delayed),
+            u8::from(b.warmup),
+            unix_seconds(b.ready_wall),
+            b.compute_seconds * 1e3,
+        )
     }
 
     /// A QC row and a NaN motion row for an index with no data.
