@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::buffer::BufferConfig;
+use crate::glm::stage::GlmConfig;
 use crate::ingest::IngestConfig;
 use crate::realign::RealignConfig;
 
@@ -88,6 +89,9 @@ pub struct Config {
     /// Ring buffers.
     #[serde(default)]
     pub buffer: BufferConfig,
+    /// Single-trial betas and per-volume feedback.
+    #[serde(default)]
+    pub glm: GlmConfig,
     /// Terminal output.
     #[serde(default)]
     pub console: ConsoleConfig,
@@ -137,6 +141,16 @@ impl Config {
         resolve_opt(base, &mut self.realign.reference);
         resolve_opt(base, &mut self.realign.mask);
         resolve_opt(base, &mut self.realign.target_grid);
+        for p in &mut self.glm.events {
+            resolve(base, p);
+        }
+        resolve_opt(base, &mut self.glm.zscore_stats);
+        for r in &mut self.glm.feedback.rois {
+            resolve(base, &mut r.mask);
+        }
+        for d in &mut self.glm.feedback.decoders {
+            resolve(base, &mut d.weights);
+        }
     }
 
     /// The session folder: configured, or `sessions/<UTC date-time>`.

@@ -153,6 +153,7 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
         ingest,
         realign: Default::default(),
         buffer: Default::default(),
+        glm: Default::default(),
         console: ConsoleConfig { enabled: true },
     };
     let config_text = format!(

@@ -18,6 +18,7 @@ pub mod events;
 pub mod formats;
 pub mod glm;
 pub mod ingest;
+pub mod live;
 pub mod mask;
 pub mod messages;
 pub mod pipeline;

@@ -5,10 +5,9 @@
 //! ring buffers, the console and any observer channels.
 //!
 //! ```text
-//! ingest ──(bounded)──▶ realign ──fan-out──▶ store    (reliable)
-//!                                        ├─▶ buffer   (reliable)
-//!                                        ├─▶ console  (lossy)
-//!                                        └─▶ observers (reliable)
+//! ingest ──(bounded)──▶ realign ──(bounded)──▶ glm ──fan-out──▶ store    (reliable)
+//!                                  live events ──┘          ├─▶ console  (lossy)
+//!                                  (TCP/UDP)                 └─▶ observers (reliable)
 //! ```
 //!
 //! "Reliable" sinks make the fan-out wait when they are behind (a warning
@@ -25,7 +24,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use crate::buffer::RunBuffers;
 use crate::config::Config;
+use crate::glm::stage::GlmStage;
 use crate::ingest::{self, IngestHandle, IngestStats};
+use crate::live::{LiveEvent, LiveListener};
 use crate::messages::{IngestEvent, PipelineEvent};
 use crate::realign::Realigner;
 use crate::sinks::console::Console;
@@ -45,6 +46,17 @@ pub enum PipelineError {
     /// Realign could not be set up (reference, mask or target file).
     #[error("realign: {0}")]
     Realign(#[from] crate::realign::RealignError),
+    /// The GLM settings or events tables are unusable.
+    #[error("glm: {0}")]
+    Glm(String),
+    /// The live-events socket could not be opened.
+    #[error("live events on {addr}: {source}")]
+    Live {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Ingest could not start.
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
@@ -88,6 +100,10 @@ pub struct PipelineSummary {
     pub buffers: RunBuffers,
     /// Volumes realigned.
     pub realigned: u64,
+    /// Trial betas produced.
+    pub betas: u64,
+    /// Trials that got no beta.
+    pub trials_skipped: u64,
     /// Volumes that could not be realigned.
     pub realign_failed: u64,
     /// Session-store write errors (each was logged).
@@ -101,11 +117,21 @@ pub struct Pipeline {
     ingest: Option<IngestHandle>,
     realign: Option<JoinHandle<()>>,
     sinks: Vec<(&'static str, JoinHandle<u64>)>,
-    buffer: Option<JoinHandle<RunBuffers>>,
-    realigned: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+    glm: Option<JoinHandle<RunBuffers>>,
+    live: Option<LiveListener>,
+    counts: Arc<Counts>,
     session_dir: PathBuf,
 }
+
+#[derive(Default)]
+struct Counts {
+    realigned: AtomicU64,
+    failed: AtomicU64,
+    betas: AtomicU64,
+    skipped: AtomicU64,
+}
+
+const REALIGN_QUEUE: usize = 64;
 
 fn spawn_named<T: Send + 'static>(
     name: &'static str,
@@ -176,6 +202,30 @@ impl Pipeline {
             }
             .into());
         }
+        config.glm.load_events().map_err(PipelineError::Glm)?;
+        let glm_files = config
+            .glm
+            .feedback
+            .rois
+            .iter()
+            .map(|r| ("feedback ROI mask", &r.mask))
+            .chain(
+                config
+                    .glm
+                    .feedback
+                    .decoders
+                    .iter()
+                    .map(|d| ("feedback decoder weights", &d.weights)),
+            )
+            .chain(config.glm.zscore_stats.iter().map(|p| ("zscore_stats", p)));
+        for (what, path) in glm_files {
+            if !path.is_file() {
+                return Err(PipelineError::Glm(format!(
+                    "{what} {}: no such file",
+                    path.display()
+                )));
+            }
+        }
         for (what, path) in [
             ("reference", &config.realign.reference),
             ("mask", &config.realign.mask),
@@ -206,6 +256,12 @@ impl Pipeline {
             source,
         };
         let mut realigner = Realigner::new(config.realign.clone())?;
+        let mut glm = GlmStage::new(
+            config.glm.clone(),
+            config.buffer.clone(),
+            config.ingest.volumes_per_run,
+        )
+        .map_err(PipelineError::Glm)?;
         let mut store = SessionStore::create(&session_dir, config_text).map_err(session_err)?;
 
         let mut outlets = Vec::new();
@@ -224,21 +280,6 @@ impl Pipeline {
                 sink_loop("store", rx, |ev| store.handle(ev))
             })?,
         ));
-
-        let (tx, rx) = bounded::<Arc<PipelineEvent>>(SINK_QUEUE);
-        outlets.push(Outlet {
-            name: "buffer",
-            tx,
-            delivery: Delivery::Reliable,
-            dropped: 0,
-        });
-        let mut buffers = RunBuffers::new(config.buffer.clone());
-        let buffer = spawn_named("buffer", move || {
-            for ev in rx {
-                buffers.handle(&ev);
-            }
-            buffers
-        })?;
 
         let console_out: Option<Box<dyn Write + Send>> = match options.console.take() {
             Some(w) => Some(w),
@@ -268,24 +309,72 @@ impl Pipeline {
         }
         let (ingest_tx, ingest_rx) = bounded::<IngestEvent>(INGEST_QUEUE);
 
-        let realigned = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let (n_ok, n_fail) = (realigned.clone(), failed.clone());
-        let observers = std::mem::take(&mut options.observers);
+        let counts = Arc::new(Counts::default());
+        let (realign_tx, realign_rx) = bounded::<PipelineEvent>(REALIGN_QUEUE);
         let realign = spawn_named("realign", move || {
             for ev in ingest_rx {
-                realigner.handle(ev, &mut |out| {
-                    match &out {
-                        PipelineEvent::Realigned(_) => n_ok.fetch_add(1, Ordering::Relaxed),
-                        PipelineEvent::RealignFailed { .. } => {
-                            n_fail.fetch_add(1, Ordering::Relaxed)
-                        }
-                        _ => 0,
-                    };
-                    fan_out(&mut outlets, &observers, out);
+                realigner.handle(ev, &mut |out| match realign_tx.try_send(out) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(out)) => {
+                        tracing::warn!("the GLM stage is behind; realign waits for it");
+                        let _ = realign_tx.send(out);
+                    }
+                    Err(TrySendError::Disconnected(_)) => {}
                 });
             }
+            // Dropping realign_tx ends the GLM stage's input.
+        })?;
+
+        let (live_tx, live_rx) = bounded::<LiveEvent>(1024);
+        let live =
+            match &config.glm.live_events {
+                Some(addr) => Some(LiveListener::start(addr, live_tx).map_err(|source| {
+                    PipelineError::Live {
+                        addr: addr.clone(),
+                        source,
+                    }
+                })?),
+                None => {
+                    drop(live_tx);
+                    None
+                }
+            };
+        let observers = std::mem::take(&mut options.observers);
+        let c = counts.clone();
+        let glm = spawn_named("glm", move || {
+            let mut emit = |out: PipelineEvent| {
+                let counter = match &out {
+                    PipelineEvent::Realigned(_) => Some(&c.realigned),
+                    PipelineEvent::RealignFailed { .. } => Some(&c.failed),
+                    PipelineEvent::Beta(_) => Some(&c.betas),
+                    PipelineEvent::TrialSkipped { .. } => Some(&c.skipped),
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                fan_out(&mut outlets, &observers, out);
+            };
+            let mut live_open = true;
+            loop {
+                let live = if live_open {
+                    live_rx.clone()
+                } else {
+                    crossbeam_channel::never()
+                };
+                crossbeam_channel::select! {
+                    recv(realign_rx) -> ev => match ev {
+                        Ok(ev) => glm.handle(ev, &mut emit),
+                        Err(_) => break,
+                    },
+                    recv(live) -> le => match le {
+                        Ok(le) => glm.live(le, &mut emit),
+                        Err(_) => live_open = false,
+                    },
+                }
+            }
             // Dropping the outlets closes the sinks' channels: they drain and end.
+            glm.into_buffers()
         })?;
 
         // Ingest starts last: everything downstream is ready for its first event.
@@ -294,9 +383,9 @@ impl Pipeline {
             ingest: Some(ingest),
             realign: Some(realign),
             sinks,
-            buffer: Some(buffer),
-            realigned,
-            failed,
+            glm: Some(glm),
+            live,
+            counts,
             session_dir,
         })
     }
@@ -304,6 +393,11 @@ impl Pipeline {
     /// The session folder.
     pub fn session_dir(&self) -> &Path {
         &self.session_dir
+    }
+
+    /// Where live trial events are accepted, when configured.
+    pub fn live_addr(&self) -> Option<std::net::SocketAddr> {
+        self.live.as_ref().map(LiveListener::local_addr)
     }
 
     /// Ingest counters now.
@@ -328,6 +422,14 @@ impl Pipeline {
         {
             tracing::error!("the realign thread panicked");
         }
+        let buffers = self
+            .glm
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_else(|| RunBuffers::new(Default::default()));
+        if let Some(l) = self.live.take() {
+            l.stop();
+        }
         let mut store_errors = 0;
         for (name, h) in self.sinks.drain(..) {
             match h.join() {
@@ -336,16 +438,13 @@ impl Pipeline {
                 Err(_) => tracing::error!("the {name} sink thread panicked"),
             }
         }
-        let buffers = self
-            .buffer
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_else(|| RunBuffers::new(Default::default()));
         PipelineSummary {
             ingest,
             buffers,
-            realigned: self.realigned.load(Ordering::Relaxed),
-            realign_failed: self.failed.load(Ordering::Relaxed),
+            realigned: self.counts.realigned.load(Ordering::Relaxed),
+            betas: self.counts.betas.load(Ordering::Relaxed),
+            trials_skipped: self.counts.skipped.load(Ordering::Relaxed),
+            realign_failed: self.counts.failed.load(Ordering::Relaxed),
             store_errors,
             session_dir: self.session_dir.clone(),
         }

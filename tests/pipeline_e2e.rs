@@ -43,6 +43,7 @@ fn config(export: &Path, session: &Path, volumes_per_run: u32, naming: &str) -> 
         ingest,
         realign: Default::default(),
         buffer: Default::default(),
+        glm: Default::default(),
         console: ConsoleConfig { enabled: false },
     }
 }

@@ -5,8 +5,10 @@
 //! estimate it on the same design.
 
 pub mod design;
+pub mod feedback;
 pub mod hrf;
 pub mod model;
 pub mod normalize;
 pub mod offline;
 pub mod run;
+pub mod stage;

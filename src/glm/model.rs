@@ -729,6 +729,75 @@ impl RunModel {
         }
         Ok(())
     }
+
+    /// The last frame of the weighted series `z = Σ w_v y_v`, cleaned of
+    /// the nuisance part of the design (motion, drift, constant) fitted on
+    /// all frames in: `(cleaned value, mean of z over the frames)`. With too
+    /// few frames for the full nuisance model (fewer than its columns plus
+    /// `min_dof`), only the mean is removed. Used for per-volume feedback;
+    /// O(columns·voxels).
+    pub fn clean_last(
+        &self,
+        weights: &[f64],
+        frames: &dyn FrameSource,
+        min_dof: usize,
+    ) -> Option<(f64, f64)> {
+        let pos: Vec<usize> = self.present.iter().copied().collect();
+        let last = *pos.last()?;
+        let n = pos.len();
+        let y_last = self.centred(frames.frame(last)?);
+        let offset = self.offset.as_deref()?;
+        let sum_const = &self.atoms[CONST].p;
+        let mut z_last = 0.0;
+        let mut mean = 0.0;
+        let mut pw_const = 0.0;
+        for (i, &w) in weights.iter().enumerate().take(self.voxels) {
+            if w != 0.0 {
+                z_last += w * y_last[i] as f64;
+                mean += w * (sum_const[i] / n as f64 + offset[i] as f64);
+                pw_const += w * sum_const[i];
+            }
+        }
+        // Nuisance columns: motion (if it varies), drift by span, constant.
+        let mut cols: Vec<usize> = (0..6)
+            .filter(|&i| pos.iter().any(|&t| self.motion[t][i].abs() > 1e-12))
+            .map(|i| MOTION + i)
+            .collect();
+        let span = last + 1;
+        let order = drift_order(span, self.spec.design.tr, self.spec.design.high_pass)
+            .min(self.drift.len());
+        cols.extend((0..order).map(|d| DRIFT + d));
+        cols.push(CONST);
+        if n < cols.len() + min_dof {
+            return Some((z_last - pw_const / n as f64, mean));
+        }
+        let q = cols.len();
+        let x = DMatrix::from_fn(n, q, |i, c| self.atom(cols[c], pos[i]));
+        let g = x.transpose() * &x;
+        let mut pw = DVector::<f64>::zeros(q);
+        for (c, &a) in cols.iter().enumerate() {
+            let p = &self.atoms[a].p;
+            pw[c] = weights.iter().zip(p).map(|(w, v)| w * v).sum();
+        }
+        let gi = solve_columns(&g, &(0..q).collect::<Vec<_>>())?;
+        let b = gi * pw;
+        let fitted: f64 = (0..q).map(|c| x[(n - 1, c)] * b[c]).sum();
+        Some((z_last - fitted, mean))
+    }
+
+    /// Per-voxel mean of the frames in (signal units).
+    pub fn voxel_means(&self) -> Option<Vec<f64>> {
+        let n = self.present.len();
+        let offset = self.offset.as_deref()?;
+        Some(
+            self.atoms[CONST]
+                .p
+                .iter()
+                .zip(offset)
+                .map(|(s, &o)| s / n.max(1) as f64 + o as f64)
+                .collect(),
+        )
+    }
 }
 
 /// Which design column.

@@ -86,7 +86,9 @@ pub struct RingView<'a> {
 
 impl FrameSource for RingView<'_> {
     fn frame(&self, position: usize) -> Option<&[f32]> {
-        let index = u32::try_from(position).ok()?.checked_add(self.first_index)?;
+        let index = u32::try_from(position)
+            .ok()?
+            .checked_add(self.first_index)?;
         // Recent frames are at the back; that is where lookups go.
         self.ring
             .frames_rev()
@@ -132,6 +134,11 @@ impl RunGlm {
             run.add_event(e.clone(), &none);
         }
         run
+    }
+
+    /// The run's model (for per-volume feedback).
+    pub fn model(&self) -> &RunModel {
+        &self.model
     }
 
     /// Trials registered.

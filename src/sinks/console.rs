@@ -72,7 +72,12 @@ impl<W: Write> Console<W> {
             PipelineEvent::Beta(b) => {
                 let latency = b
                     .trigger_seen
-                    .map(|t| format!(", {:.1} ms after the trigger volume arrived", b.ready.saturating_duration_since(t).as_secs_f64() * 1e3))
+                    .map(|t| {
+                        format!(
+                            ", {:.1} ms after the trigger volume arrived",
+                            b.ready.saturating_duration_since(t).as_secs_f64() * 1e3
+                        )
+                    })
                     .unwrap_or_default();
                 writeln!(
                     self.out,
@@ -83,12 +88,25 @@ impl<W: Write> Console<W> {
                     b.event.onset,
                     b.frames,
                     latency,
-                    if b.presentations > 1 { format!(", presentation {}", b.presentations) } else { String::new() },
-                    if b.delayed { ", delayed (too few frames at first)" } else { "" },
+                    if b.presentations > 1 {
+                        format!(", presentation {}", b.presentations)
+                    } else {
+                        String::new()
+                    },
+                    if b.delayed {
+                        ", delayed (too few frames at first)"
+                    } else {
+                        ""
+                    },
                     if b.warmup { ", warm-up run" } else { "" },
                 )
             }
-            PipelineEvent::TrialSkipped { run, trial, event, reason } => writeln!(
+            PipelineEvent::TrialSkipped {
+                run,
+                trial,
+                event,
+                reason,
+            } => writeln!(
                 self.out,
                 "run {run:>2} trial {trial:>3} ({}, onset {:.1} s): NO BETA — {reason}",
                 event.stim_id.as_deref().unwrap_or(&event.trial_type),

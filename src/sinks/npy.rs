@@ -100,14 +100,19 @@ pub fn decode_2d(bytes: &[u8]) -> Result<(Vec<f64>, usize, usize), String> {
         .and_then(|h| std::str::from_utf8(h).ok())
         .ok_or("truncated .npy header")?;
     if header.contains("'fortran_order': True") {
-        return Err("Fortran-order arrays are not supported (save with np.ascontiguousarray)".into());
+        return Err(
+            "Fortran-order arrays are not supported (save with np.ascontiguousarray)".into(),
+        );
     }
     let size = if header.contains("'<f4'") {
         4
     } else if header.contains("'<f8'") {
         8
     } else {
-        return Err(format!("dtype must be '<f4' or '<f8' (header: {})", header.trim()));
+        return Err(format!(
+            "dtype must be '<f4' or '<f8' (header: {})",
+            header.trim()
+        ));
     };
     let shape = header
         .split("'shape': (")
@@ -118,7 +123,10 @@ pub fn decode_2d(bytes: &[u8]) -> Result<(Vec<f64>, usize, usize), String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape '{shape}'")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape '{shape}'"))
+        })
         .collect::<Result<_, _>>()?;
     let (rows, cols) = match dims.as_slice() {
         [n] => (1, *n),
@@ -126,7 +134,10 @@ pub fn decode_2d(bytes: &[u8]) -> Result<(Vec<f64>, usize, usize), String> {
         _ => return Err(format!("expected a 1-D or 2-D array, shape ({shape})")),
     };
     let data = &bytes[start + hlen..];
-    let need = rows.checked_mul(cols).and_then(|n| n.checked_mul(size)).ok_or("shape too large")?;
+    let need = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(size))
+        .ok_or("shape too large")?;
     if data.len() < need {
         return Err(format!("data has {} bytes, shape needs {need}", data.len()));
     }

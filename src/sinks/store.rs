@@ -32,7 +32,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::npy::NpyAppender;
 use crate::formats::nifti::{self, WriteOptions};
-use crate::messages::{IngestEvent, MissingReason, PipelineEvent, RealignedVolume, TrialBeta, VolumeKey};
+use crate::messages::{
+    IngestEvent, MissingReason, PipelineEvent, RealignedVolume, TrialBeta, VolumeKey,
+};
 use crate::realign::transform::MotionParams;
 
 const QC_HEADER: &str = "volume\tstatus\tfile\tarrival_unix\trx\try\trz\ttx\tty\ttz\tfd\tdvars\tdvars_pct\tdecode_ms\twait_ms\tqueue_ms\trealign_ms\tlatency_ms\tattempts\titerations\tgain\tdetail";
@@ -211,7 +213,12 @@ impl SessionStore {
                 event,
                 reason,
             } => {
-                self.log("trial_skipped", None, Path::new(""), &format!("run {run} trial {trial}: {reason}"))?;
+                self.log(
+                    "trial_skipped",
+                    None,
+                    Path::new(""),
+                    &format!("run {run} trial {trial}: {reason}"),
+                )?;
                 let index = self.betas_index()?;
                 writeln!(
                     index,
@@ -236,7 +243,14 @@ impl SessionStore {
                 }
                 if let Some(file) = rf.feedback.as_mut() {
                     for v in &f.values {
-                        writeln!(file, "{}\t{}\t{:.6}\t{:.6}", f.key.index, clean(&v.name), v.value, v.smoothed)?;
+                        writeln!(
+                            file,
+                            "{}\t{}\t{:.6}\t{:.6}",
+                            f.key.index,
+                            clean(&v.name),
+                            v.value,
+                            v.smoothed
+                        )?;
                     }
                 }
                 Ok(())
@@ -333,7 +347,12 @@ impl SessionStore {
         files.decode.append(&b.decode)?;
         let latency = b
             .trigger_seen
-            .map(|t| format!("{:.3}", b.ready.saturating_duration_since(t).as_secs_f64() * 1e3))
+            .map(|t| {
+                format!(
+                    "{:.3}",
+                    b.ready.saturating_duration_since(t).as_secs_f64() * 1e3
+                )
+            })
             .unwrap_or_else(|| "n/a".into());
         let index = self.betas_index()?;
         writeln!(

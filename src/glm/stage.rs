@@ -1,0 +1,539 @@
+//! The GLM stage of the pipeline.
+//!
+//! In: [`PipelineEvent`]s from realign (volumes in order, gaps, late
+//! volumes, run starts and ends) and [`LiveEvent`]s from the stimulus
+//! program. Out: the same events passed on, plus a [`TrialBeta`] for every
+//! trial as soon as its window is in (z-scored, repeats averaged), a
+//! `TrialSkipped` for every trial that will not get one, per-volume
+//! neurofeedback values, and notices (restarted runs, disabled outputs).
+//! The stage owns the runs' ring buffers of realigned voxels.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::design::DesignSpec;
+use super::feedback::{self, FeedbackConfig, Series};
+use super::hrf::HrfModel;
+use super::model::{ModelSpec, NoiseModel, SignalScaling};
+use super::normalize::{Normalizer, read_stats};
+use super::run::{RingView, RunGlm, Schedule, TrialOutcome};
+use crate::buffer::{BufferConfig, RunBuffers};
+use crate::events::{Event, read_events};
+use crate::live::LiveEvent;
+use crate::mask::SessionMask;
+use crate::messages::{FeedbackSample, IngestEvent, PipelineEvent, TrialBeta, VolumeKey};
+
+/// `[glm]` settings.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GlmConfig {
+    /// Repetition time in seconds; required for betas and feedback.
+    pub tr: Option<f64>,
+    /// nilearn's `slice_time_ref` (0 = frame time at the start of the TR).
+    pub slice_time_ref: f64,
+    /// `glover` or `spm`.
+    pub hrf: HrfModel,
+    /// Cosine drift cut-off, Hz.
+    pub high_pass: f64,
+    /// `ar1` (nilearn's default) or `ols`.
+    pub noise_model: NoiseModel,
+    /// `percent` (nilearn's default `signal_scaling=0`) or `none`.
+    pub signal_scaling: SignalScaling,
+    /// Seconds after a trial's onset at which it is estimated.
+    pub delay: f64,
+    /// Residual degrees of freedom a trial's model must have.
+    pub min_dof: usize,
+    /// Trial types modelled but never estimated (e.g. `["blank"]`).
+    pub skip_trial_types: Vec<String>,
+    /// Events tables, one per run in the order runs start. A run that
+    /// starts after the previous one ended early reuses its table (the
+    /// scan was restarted).
+    pub events: Vec<PathBuf>,
+    /// Frames the design is built for; default: ingest's `volumes_per_run`,
+    /// else the events' span, else 300 (grown automatically if exceeded).
+    pub planned_volumes: Option<usize>,
+    /// The first this many runs are warm-up: betas are computed, stored and
+    /// counted in the statistics, but not sent to decoding.
+    pub warmup_runs: usize,
+    /// Calibration statistics for z-scoring (`.npy`, shape (2, voxels):
+    /// mean, std); default: the session's betas so far.
+    pub zscore_stats: Option<PathBuf>,
+    /// Added to the standard deviation when z-scoring.
+    pub zscore_epsilon: f64,
+    /// Average an image's repeated presentations for decoding.
+    pub average_repeats: bool,
+    /// Listen for live trial events here (`host:port`, TCP and UDP).
+    pub live_events: Option<String>,
+    /// Per-volume neurofeedback outputs.
+    pub feedback: FeedbackConfig,
+}
+
+impl Default for GlmConfig {
+    fn default() -> Self {
+        GlmConfig {
+            tr: None,
+            slice_time_ref: 0.0,
+            hrf: HrfModel::Glover,
+            high_pass: 0.01,
+            noise_model: NoiseModel::Ar1,
+            signal_scaling: SignalScaling::Percent,
+            delay: 7.5,
+            min_dof: 5,
+            skip_trial_types: Vec::new(),
+            events: Vec::new(),
+            planned_volumes: None,
+            warmup_runs: 0,
+            zscore_stats: None,
+            zscore_epsilon: 1e-6,
+            average_repeats: false,
+            live_events: None,
+            feedback: FeedbackConfig::default(),
+        }
+    }
+}
+
+impl GlmConfig {
+    /// Whether anything asks for the GLM.
+    pub fn wanted(&self) -> bool {
+        !self.events.is_empty()
+            || self.live_events.is_some()
+            || !self.feedback.rois.is_empty()
+            || !self.feedback.decoders.is_empty()
+    }
+
+    /// The model settings, when a TR is given.
+    pub fn model_spec(&self) -> Option<ModelSpec> {
+        Some(ModelSpec {
+            design: DesignSpec {
+                tr: self.tr?,
+                slice_time_ref: self.slice_time_ref,
+                hrf: self.hrf,
+                high_pass: self.high_pass,
+                ..DesignSpec::default()
+            },
+            noise: self.noise_model,
+            scaling: self.signal_scaling,
+            ar_bins: 100,
+        })
+    }
+
+    /// Read and check every events table; errors name the file and line.
+    pub fn load_events(&self) -> Result<Vec<(PathBuf, Vec<Event>)>, String> {
+        if self.wanted() && !self.tr.is_some_and(|t| t.is_finite() && t > 0.0) {
+            return Err(
+                "[glm] needs `tr` (the repetition time in seconds) for betas or feedback".into(),
+            );
+        }
+        if !(self.delay.is_finite() && self.delay >= 0.0) {
+            return Err(format!(
+                "[glm] delay = {}: must be a non-negative number of seconds",
+                self.delay
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.slice_time_ref) {
+            return Err(format!(
+                "[glm] slice_time_ref = {}: must be between 0 and 1",
+                self.slice_time_ref
+            ));
+        }
+        self.events
+            .iter()
+            .map(|p| {
+                read_events(p)
+                    .map(|e| (p.clone(), e))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+}
+
+struct RunState {
+    glm: Option<RunGlm>,
+    first_index: u32,
+    warmup: bool,
+    schedule: Option<usize>,
+    frames: u32,
+}
+
+/// The stage's state.
+pub struct GlmStage {
+    cfg: GlmConfig,
+    spec: Option<ModelSpec>,
+    volumes_per_run: Option<u32>,
+    schedules: Vec<(PathBuf, Vec<Event>)>,
+    buffers: RunBuffers,
+    mask: Option<Arc<SessionMask>>,
+    runs: BTreeMap<u32, RunState>,
+    open_run: Option<u32>,
+    runs_started: usize,
+    next_schedule: usize,
+    /// The last run's schedule, when that run ended before all its trials
+    /// could be estimated: the next run restarts it.
+    restart: Option<(u32, Option<usize>)>,
+    normalizer: Option<Normalizer>,
+    feedback: Vec<Series>,
+    queued_live: Vec<LiveEvent>,
+}
+
+impl GlmStage {
+    /// Prepare the stage; bad settings or events tables are errors here,
+    /// before the session starts.
+    pub fn new(
+        cfg: GlmConfig,
+        buffers: BufferConfig,
+        volumes_per_run: Option<u32>,
+    ) -> Result<GlmStage, String> {
+        let schedules = cfg.load_events()?;
+        let spec = cfg.model_spec();
+        Ok(GlmStage {
+            spec,
+            volumes_per_run,
+            schedules,
+            buffers: RunBuffers::new(buffers),
+            mask: None,
+            runs: BTreeMap::new(),
+            open_run: None,
+            runs_started: 0,
+            next_schedule: 0,
+            restart: None,
+            normalizer: None,
+            feedback: Vec::new(),
+            queued_live: Vec::new(),
+            cfg,
+        })
+    }
+
+    /// The ring buffers (for the pipeline's summary).
+    pub fn into_buffers(self) -> RunBuffers {
+        self.buffers
+    }
+
+    fn planned(&self, events: &[Event]) -> usize {
+        let from_events = self.spec.as_ref().and_then(|s| {
+            events
+                .iter()
+                .map(|e| e.onset + e.duration)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+                .map(|end| ((end + 32.0) / s.design.tr).ceil() as usize + 1)
+        });
+        self.cfg
+            .planned_volumes
+            .or(self.volumes_per_run.map(|v| v as usize))
+            .or(from_events)
+            .unwrap_or(300)
+            .max(10)
+    }
+
+    fn start_run(&mut self, run: u32, first_index: u32, emit: &mut dyn FnMut(PipelineEvent)) {
+        self.runs_started += 1;
+        self.open_run = Some(run);
+        let schedule = match self.restart.take() {
+            Some((previous, schedule)) => {
+                let what = schedule.and_then(|s| self.schedules.get(s)).map_or_else(
+                    || "its live events".to_string(),
+                    |(p, _)| p.display().to_string(),
+                );
+                emit(PipelineEvent::Notice(format!(
+                    "run {run} starts after run {previous} ended early: treated as a restart of run {previous}'s schedule ({what}); run {previous}'s betas are kept"
+                )));
+                schedule
+            }
+            None if self.next_schedule < self.schedules.len() => {
+                self.next_schedule += 1;
+                Some(self.next_schedule - 1)
+            }
+            None => None,
+        };
+        let events: Vec<Event> = schedule
+            .and_then(|s| self.schedules.get(s))
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default();
+        if schedule.is_none() && !self.schedules.is_empty() {
+            emit(PipelineEvent::Notice(format!(
+                "run {run}: no events table left ({} configured, all used); betas only from live events",
+                self.schedules.len()
+            )));
+        }
+        let warmup = self.runs_started <= self.cfg.warmup_runs;
+        let glm = match (&self.spec, &self.mask) {
+            (Some(spec), Some(mask)) => Some(RunGlm::new(
+                spec.clone(),
+                self.planned(&events),
+                mask.len(),
+                Schedule {
+                    delay: self.cfg.delay,
+                    min_dof: self.cfg.min_dof,
+                    skip_trial_types: self.cfg.skip_trial_types.clone(),
+                },
+                &events,
+            )),
+            _ => None,
+        };
+        for s in &mut self.feedback {
+            s.reset();
+        }
+        self.runs.insert(
+            run,
+            RunState {
+                glm,
+                first_index,
+                warmup,
+                schedule,
+                frames: 0,
+            },
+        );
+        // Live trials that came before the run was seen belong to it.
+        for le in std::mem::take(&mut self.queued_live) {
+            self.live(le, emit);
+        }
+    }
+
+    fn reference(&mut self, mask: Arc<SessionMask>, emit: &mut dyn FnMut(PipelineEvent)) {
+        let v = mask.len();
+        self.normalizer = Some(match &self.cfg.zscore_stats {
+            Some(path) => match read_stats(path, v) {
+                Ok(stats) => {
+                    Normalizer::fixed(stats, self.cfg.zscore_epsilon, self.cfg.average_repeats)
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "calibration statistics unusable, z-scoring against the session instead: {e}"
+                    );
+                    emit(PipelineEvent::Notice(format!(
+                        "calibration statistics unusable ({e}); z-scoring against the session's betas instead"
+                    )));
+                    Normalizer::session(v, self.cfg.zscore_epsilon, self.cfg.average_repeats)
+                }
+            },
+            None => Normalizer::session(v, self.cfg.zscore_epsilon, self.cfg.average_repeats),
+        });
+        match feedback::load(&self.cfg.feedback, &mask) {
+            Ok(series) => self.feedback = series,
+            Err(e) => {
+                tracing::error!("neurofeedback outputs disabled: {e}");
+                emit(PipelineEvent::Notice(format!(
+                    "neurofeedback outputs disabled: {e}"
+                )));
+            }
+        }
+        self.mask = Some(mask);
+    }
+
+    /// Turn trial outcomes into events.
+    fn outcomes(
+        &mut self,
+        run: u32,
+        outcomes: Vec<TrialOutcome>,
+        trigger_seen: Option<Instant>,
+        emit: &mut dyn FnMut(PipelineEvent),
+    ) {
+        let Some(state) = self.runs.get(&run) else {
+            return;
+        };
+        let (first_index, warmup) = (state.first_index, state.warmup);
+        for o in outcomes {
+            match o.result {
+                Ok(est) => {
+                    let start = Instant::now();
+                    let raw: Arc<[f32]> = est.beta.into();
+                    let Some(norm) = self
+                        .normalizer
+                        .as_mut()
+                        .and_then(|n| n.push(&raw, o.event.stim_id.as_deref()))
+                    else {
+                        continue;
+                    };
+                    let ready = Instant::now();
+                    emit(PipelineEvent::Beta(Box::new(TrialBeta {
+                        run,
+                        trial: o.trial,
+                        trigger: VolumeKey {
+                            run,
+                            index: o.trigger as u32 + first_index,
+                        },
+                        event: o.event,
+                        frames: est.frames,
+                        regressors: est.regressors,
+                        delayed: o.delayed,
+                        warmup,
+                        raw,
+                        z: norm.z,
+                        decode: norm.decode,
+                        presentations: norm.presentations,
+                        compute_seconds: o.compute_seconds + (ready - start).as_secs_f64(),
+                        trigger_seen,
+                        ready,
+                        ready_wall: SystemTime::now(),
+                    })));
+                }
+                Err(reason) => {
+                    tracing::warn!("run {run} trial {}: {reason}", o.trial);
+                    emit(PipelineEvent::TrialSkipped {
+                        run,
+                        trial: o.trial,
+                        event: o.event,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    fn position(&self, key: VolumeKey) -> Option<usize> {
+        let state = self.runs.get(&key.run)?;
+        key.index.checked_sub(state.first_index).map(|p| p as usize)
+    }
+
+    /// A live trial event.
+    pub fn live(&mut self, le: LiveEvent, emit: &mut dyn FnMut(PipelineEvent)) {
+        let run = le.run.or(self.open_run);
+        let Some(run) = run.filter(|r| self.runs.contains_key(r)) else {
+            if le.run.is_none() || le.run > self.open_run {
+                // The run has not started yet: it will get the trial.
+                self.queued_live.push(le);
+            } else {
+                emit(PipelineEvent::Notice(format!(
+                    "live trial from {} for run {:?} ignored: that run is over",
+                    le.peer, le.run
+                )));
+            }
+            return;
+        };
+        let Some(state) = self.runs.get_mut(&run) else {
+            return;
+        };
+        let first_index = state.first_index;
+        match (state.glm.as_mut(), self.buffers.run(run)) {
+            (Some(glm), ring) => {
+                let empty;
+                let view = match ring {
+                    Some(ring) => RingView { ring, first_index },
+                    None => {
+                        empty = crate::buffer::RunBuffer::new(run, 1, 0);
+                        RingView {
+                            ring: &empty,
+                            first_index,
+                        }
+                    }
+                };
+                let k = glm.add_event(le.event, &view);
+                tracing::info!("run {run}: live trial {k} from {}", le.peer);
+            }
+            (None, _) => emit(PipelineEvent::Notice(format!(
+                "live trial for run {run} ignored: no GLM (set [glm] tr)"
+            ))),
+        }
+    }
+
+    /// One pipeline event.
+    pub fn handle(&mut self, ev: PipelineEvent, emit: &mut dyn FnMut(PipelineEvent)) {
+        self.buffers.handle(&ev);
+        match ev {
+            PipelineEvent::ReferenceReady { ref mask, .. } => {
+                let mask = mask.clone();
+                emit(ev);
+                self.reference(mask, emit);
+            }
+            PipelineEvent::Ingest(IngestEvent::RunStarted { run, first_index }) => {
+                emit(ev);
+                self.start_run(run, first_index, emit);
+            }
+            PipelineEvent::Realigned(r) => {
+                let (key, late, seen, params) = (r.key, r.late, r.ingest.first_seen, r.params.0);
+                let masked = r.masked.clone();
+                emit(PipelineEvent::Realigned(r));
+                self.frame(key, &masked, params, late, seen, emit);
+            }
+            PipelineEvent::RealignFailed { key, .. }
+            | PipelineEvent::Ingest(IngestEvent::Missing { key, .. }) => {
+                emit(ev);
+                self.missing(key, emit);
+            }
+            PipelineEvent::Ingest(IngestEvent::RunEnded { run }) => {
+                self.end_run(run, emit);
+                emit(ev);
+            }
+            other => emit(other),
+        }
+    }
+
+    fn frame(
+        &mut self,
+        key: VolumeKey,
+        masked: &[f32],
+        params: [f64; 6],
+        late: bool,
+        seen: Instant,
+        emit: &mut dyn FnMut(PipelineEvent),
+    ) {
+        let Some(pos) = self.position(key) else {
+            return;
+        };
+        let Some(state) = self.runs.get_mut(&key.run) else {
+            return;
+        };
+        state.frames += 1;
+        let first_index = state.first_index;
+        let (Some(glm), Some(ring)) = (state.glm.as_mut(), self.buffers.run(key.run)) else {
+            return;
+        };
+        let view = RingView { ring, first_index };
+        let outcomes = glm.frame(pos, masked, params, late, &view);
+        let mut values = Vec::new();
+        if !late {
+            for s in &mut self.feedback {
+                if let Some(v) = s.value(glm.model(), &view, self.cfg.min_dof) {
+                    values.push(v);
+                }
+            }
+        }
+        self.outcomes(key.run, outcomes, Some(seen), emit);
+        if !values.is_empty() {
+            emit(PipelineEvent::Feedback(Box::new(FeedbackSample {
+                key,
+                values,
+            })));
+        }
+    }
+
+    fn missing(&mut self, key: VolumeKey, emit: &mut dyn FnMut(PipelineEvent)) {
+        let Some(pos) = self.position(key) else {
+            return;
+        };
+        let Some(state) = self.runs.get_mut(&key.run) else {
+            return;
+        };
+        let first_index = state.first_index;
+        let (Some(glm), Some(ring)) = (state.glm.as_mut(), self.buffers.run(key.run)) else {
+            return;
+        };
+        let outcomes = glm.missing(pos, &RingView { ring, first_index });
+        self.outcomes(key.run, outcomes, None, emit);
+    }
+
+    fn end_run(&mut self, run: u32, emit: &mut dyn FnMut(PipelineEvent)) {
+        let Some(mut state) = self.runs.remove(&run) else {
+            return;
+        };
+        if self.open_run == Some(run) {
+            self.open_run = None;
+        }
+        let outcomes = state.glm.as_mut().map(RunGlm::finish).unwrap_or_default();
+        let cut_short = outcomes.iter().any(|o| {
+            o.result
+                .as_ref()
+                .err()
+                .is_some_and(|r| r.contains("run ended"))
+        }) || self.volumes_per_run.is_some_and(|v| state.frames < v);
+        self.runs.insert(run, RunState { glm: None, ..state });
+        self.outcomes(run, outcomes, None, emit);
+        if let Some(s) = self.runs.get_mut(&run) {
+            s.glm = None;
+            if cut_short {
+                self.restart = Some((run, s.schedule));
+            }
+        }
+    }
+}
