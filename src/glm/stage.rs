@@ -151,6 +151,10 @@ impl GlmConfig {
 
 struct RunState {
     glm: Option<RunGlm>,
+    /// The run's events table, kept until the model can be built (the mask
+    /// is known only once the first volume is realigned).
+    events: Vec<Event>,
+    ended: bool,
     first_index: u32,
     warmup: bool,
     schedule: Option<usize>,
@@ -257,36 +261,54 @@ impl GlmStage {
             )));
         }
         let warmup = self.runs_started <= self.cfg.warmup_runs;
-        let glm = match (&self.spec, &self.mask) {
-            (Some(spec), Some(mask)) => Some(RunGlm::new(
-                spec.clone(),
-                self.planned(&events),
-                mask.len(),
-                Schedule {
-                    delay: self.cfg.delay,
-                    min_dof: self.cfg.min_dof,
-                    skip_trial_types: self.cfg.skip_trial_types.clone(),
-                },
-                &events,
-            )),
-            _ => None,
-        };
         for s in &mut self.feedback {
             s.reset();
         }
         self.runs.insert(
             run,
             RunState {
-                glm,
+                glm: None,
+                events,
+                ended: false,
                 first_index,
                 warmup,
                 schedule,
                 frames: 0,
             },
         );
+        self.build_models();
         // Live trials that came before the run was seen belong to it.
         for le in std::mem::take(&mut self.queued_live) {
             self.live(le, emit);
+        }
+    }
+
+    /// Build the model of every open run that has none yet (it needs both
+    /// the TR and the mask).
+    fn build_models(&mut self) {
+        let (Some(spec), Some(mask)) = (&self.spec, &self.mask) else {
+            return;
+        };
+        let planned: Vec<(u32, usize)> = self
+            .runs
+            .iter()
+            .filter(|(_, s)| s.glm.is_none() && !s.ended)
+            .map(|(r, s)| (*r, self.planned(&s.events)))
+            .collect();
+        for (run, planned) in planned {
+            if let Some(state) = self.runs.get_mut(&run) {
+                state.glm = Some(RunGlm::new(
+                    spec.clone(),
+                    planned,
+                    mask.len(),
+                    Schedule {
+                        delay: self.cfg.delay,
+                        min_dof: self.cfg.min_dof,
+                        skip_trial_types: self.cfg.skip_trial_types.clone(),
+                    },
+                    &state.events,
+                ));
+            }
         }
     }
 
@@ -319,6 +341,7 @@ impl GlmStage {
             }
         }
         self.mask = Some(mask);
+        self.build_models();
     }
 
     /// Turn trial outcomes into events.
@@ -421,8 +444,12 @@ impl GlmStage {
                 let k = glm.add_event(le.event, &view);
                 tracing::info!("run {run}: live trial {k} from {}", le.peer);
             }
+            (None, _) if self.spec.is_some() && !state.ended => {
+                // The model is built once the first volume is realigned.
+                state.events.push(le.event);
+            }
             (None, _) => emit(PipelineEvent::Notice(format!(
-                "live trial for run {run} ignored: no GLM (set [glm] tr)"
+                "live trial for run {run} ignored: no GLM (set [glm] tr) or the run is over"
             ))),
         }
     }
@@ -527,7 +554,14 @@ impl GlmStage {
                 .err()
                 .is_some_and(|r| r.contains("run ended"))
         }) || self.volumes_per_run.is_some_and(|v| state.frames < v);
-        self.runs.insert(run, RunState { glm: None, ..state });
+        self.runs.insert(
+            run,
+            RunState {
+                glm: None,
+                ended: true,
+                ..state
+            },
+        );
         self.outcomes(run, outcomes, None, emit);
         if let Some(s) = self.runs.get_mut(&run) {
             s.glm = None;
