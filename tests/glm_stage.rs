@@ -27,7 +27,7 @@ fn grid() -> Grid {
 
 fn reference_event() -> PipelineEvent {
     let g = grid();
-    let mask = SessionMask::from_file_order(g.clone(), &vec![true; V]).unwrap();
+    let mask = SessionMask::from_file_order(g.clone(), &[true; V]).unwrap();
     PipelineEvent::ReferenceReady {
         source: "test".into(),
         mask_voxels: V,
@@ -370,7 +370,7 @@ fn region_feedback_tracks_the_signal_cleaned_of_drift_and_motion() {
     // A region mask over the first ten voxels (np.where order = file order
     // here, since every voxel is in the session mask... use the mask to place it).
     let g = grid();
-    let full = SessionMask::from_file_order(g.clone(), &vec![true; V]).unwrap();
+    let full = SessionMask::from_file_order(g.clone(), &[true; V]).unwrap();
     let mut roi = Volume::zeros(g.clone());
     for n in 0..10 {
         let [i, j, k] = full.voxel(n).unwrap();
