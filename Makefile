@@ -2,7 +2,7 @@
 #   make demo   build, then run the simulator feeding the daemon (no arguments, no network)
 #   make test   the whole test suite (format, lints, unit + integration tests)
 # and, for the figures in the README:
-#   make bench  realign benchmark + comparison with SimpleITK (needs Python 3 + PyPI)
+#   make bench  realign and GLM benchmarks next to SimpleITK and nilearn (needs Python 3 + PyPI)
 
 CARGO ?= cargo
 PYTHON ?= python3
@@ -28,6 +28,8 @@ bench: parity-venv
 	$(CARGO) build --release --quiet
 	$(CARGO) bench --bench realign
 	$(VENV)/bin/python tests/parity/realign_compare.py --boldstream target/release/boldstream
+	$(CARGO) bench --bench glm
+	$(VENV)/bin/python tests/parity/glm_compare.py --boldstream target/release/boldstream
 
 clean:
 	$(CARGO) clean

@@ -198,6 +198,14 @@ def main():
         print(f"{nm.upper():4} {r['trials']} trials x {r['voxels']} voxels ({r['betas']} betas), {r['volumes']} volumes: "
               f"max relative error {r['max_rel_error']:.2e}, max |error|/rms {r['max_abs_error_over_rms']:.2e}; "
               f"nilearn median {np.median(t) * 1e3:.0f} ms per beta")
+    for nm, r in results.items():
+        parts = []
+        for target in (50, 150, 300):
+            near = [sec for f, sec in r["nilearn_seconds_by_frames"] if abs(f - target) <= 12]
+            if near:
+                parts.append(f"{target} volumes {np.median(near) * 1e3:.0f} ms (n={len(near)})")
+        if parts:
+            print(f"nilearn {nm.upper()} time per beta, one thread: " + "; ".join(parts))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=2))
     tol = {"ols": 1e-4, "ar1": 1e-3}
