@@ -70,6 +70,12 @@ pub struct DemoReport {
     pub latency_ms: (f64, f64, f64),
     /// Realign time per volume, ms: p50, p95, max.
     pub realign_ms: (f64, f64, f64),
+    /// Trigger volume seen → z-scored beta, ms: p50, p95, max.
+    pub beta_latency_ms: (f64, f64, f64),
+    /// Trials in the schedule (non-warm-up runs).
+    pub trials: usize,
+    /// Betas produced in non-warm-up runs.
+    pub betas: usize,
 }
 
 fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -146,6 +152,47 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
     ingest.partial_timeout = (4.0 * interval.as_secs_f64()).max(0.5);
     ingest.poll_interval = 0.05;
     ingest.retry_interval = 0.02;
+    // The trial schedule (as the stimulus program would hand it over) and,
+    // for neurofeedback, the simulated visual region as a mask.
+    let truth = base.join("truth");
+    std::fs::create_dir_all(&truth).with_context(|| format!("creating {}", truth.display()))?;
+    let mut tables = Vec::new();
+    let mut trials = 0;
+    for run in 1..=opts.runs as u32 {
+        let path = truth.join(format!("run-{run:02}_events.tsv"));
+        crate::events::write_events(&path, series.events(run))?;
+        if run > 1 {
+            trials += series.events(run).len();
+        }
+        tables.push(path);
+    }
+    let mut roi = series.task_map();
+    for v in roi.values_mut() {
+        *v = if *v > 0.5 { 1.0 } else { 0.0 };
+    }
+    let roi_path = truth.join("visual_roi.nii.gz");
+    crate::formats::nifti::write_volume(
+        &roi_path,
+        &roi,
+        &crate::formats::nifti::WriteOptions {
+            gzip: true,
+            ..Default::default()
+        },
+    )?;
+    let glm = crate::glm::stage::GlmConfig {
+        tr: Some(tr),
+        events: tables,
+        warmup_runs: usize::from(opts.runs > 1),
+        feedback: crate::glm::feedback::FeedbackConfig {
+            rois: vec![crate::glm::feedback::RoiConfig {
+                name: "visual".into(),
+                mask: roi_path,
+            }],
+            decoders: Vec::new(),
+            smoothing: crate::glm::feedback::Smoothing::Ema { alpha: 0.5 },
+        },
+        ..Default::default()
+    };
     let config = Config {
         session: SessionConfig {
             dir: Some(base.join("session")),
@@ -153,7 +200,7 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
         ingest,
         realign: Default::default(),
         buffer: Default::default(),
-        glm: Default::default(),
+        glm,
         console: ConsoleConfig { enabled: true },
     };
     let config_text = format!(
@@ -201,11 +248,13 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
     let deadline = Instant::now() + budget;
     let mut ended = 0usize;
     let mut realigned = Vec::new();
+    let mut betas = Vec::new();
     while ended < opts.runs {
         let left = deadline.saturating_duration_since(Instant::now());
         match obs_rx.recv_timeout(left) {
             Ok(PipelineEvent::Ingest(IngestEvent::RunEnded { .. })) => ended += 1,
             Ok(PipelineEvent::Realigned(r)) => realigned.push(r),
+            Ok(PipelineEvent::Beta(b)) => betas.push(b),
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
                 tracing::warn!("demo: not every run ended within {budget:?}; stopping");
@@ -219,8 +268,10 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
         .map_err(|_| anyhow::anyhow!("the simulator thread panicked"))??;
     let summary = pipeline.stop();
     while let Ok(ev) = obs_rx.try_recv() {
-        if let PipelineEvent::Realigned(r) = ev {
-            realigned.push(r);
+        match ev {
+            PipelineEvent::Realigned(r) => realigned.push(r),
+            PipelineEvent::Beta(b) => betas.push(b),
+            _ => {}
         }
     }
 
@@ -257,6 +308,17 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
                 .collect(),
         ),
         realign_ms: percentiles(realigned.iter().map(|r| r.realign_seconds * 1e3).collect()),
+        beta_latency_ms: percentiles(
+            betas
+                .iter()
+                .filter_map(|b| {
+                    b.trigger_seen
+                        .map(|t| b.ready.saturating_duration_since(t).as_secs_f64() * 1e3)
+                })
+                .collect(),
+        ),
+        trials,
+        betas: betas.iter().filter(|b| !b.warmup).count(),
         pipeline: summary,
     };
     print_report(&report, &base);
@@ -284,6 +346,16 @@ fn print_report(r: &DemoReport, base: &std::path::Path) {
     println!(
         "latency file seen -> realigned: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms; realign+resample p50 {:.1} ms, p95 {:.1} ms",
         r.latency_ms.0, r.latency_ms.1, r.latency_ms.2, r.realign_ms.0, r.realign_ms.1
+    );
+    println!(
+        "betas: {} of {} trials of the non-warm-up runs ({} in all, {} trials without a beta); trigger volume seen -> z-scored beta: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        r.betas,
+        r.trials,
+        s.betas,
+        s.trials_skipped,
+        r.beta_latency_ms.0,
+        r.beta_latency_ms.1,
+        r.beta_latency_ms.2
     );
     for rb in s.buffers.runs() {
         println!(

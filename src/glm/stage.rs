@@ -158,7 +158,9 @@ struct RunState {
     first_index: u32,
     warmup: bool,
     schedule: Option<usize>,
-    frames: u32,
+    /// Positions settled so far (received or declared missing): how far
+    /// the run got.
+    reached: u32,
 }
 
 /// The stage's state.
@@ -273,7 +275,7 @@ impl GlmStage {
                 first_index,
                 warmup,
                 schedule,
-                frames: 0,
+                reached: 0,
             },
         );
         self.build_models();
@@ -501,7 +503,7 @@ impl GlmStage {
         let Some(state) = self.runs.get_mut(&key.run) else {
             return;
         };
-        state.frames += 1;
+        state.reached = state.reached.max(pos as u32 + 1);
         let first_index = state.first_index;
         let (Some(glm), Some(ring)) = (state.glm.as_mut(), self.buffers.run(key.run)) else {
             return;
@@ -532,6 +534,7 @@ impl GlmStage {
         let Some(state) = self.runs.get_mut(&key.run) else {
             return;
         };
+        state.reached = state.reached.max(pos as u32 + 1);
         let first_index = state.first_index;
         let (Some(glm), Some(ring)) = (state.glm.as_mut(), self.buffers.run(key.run)) else {
             return;
@@ -553,7 +556,7 @@ impl GlmStage {
                 .as_ref()
                 .err()
                 .is_some_and(|r| r.contains("run ended"))
-        }) || self.volumes_per_run.is_some_and(|v| state.frames < v);
+        }) || self.volumes_per_run.is_some_and(|v| state.reached < v);
         self.runs.insert(
             run,
             RunState {
