@@ -100,9 +100,9 @@ fn main() {
                 let mut glm = RunGlm::new(spec, PLANNED, VOXELS, Schedule::default(), &ev);
                 let mut norm = Normalizer::session(VOXELS, 1e-6, false);
                 let mut held: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
-                for t in 0..n - 1 {
-                    held.insert(t, data[t].clone());
-                    for o in glm.frame(t, &data[t], motion(t), false, &held) {
+                for (t, frame) in data.iter().enumerate().take(n - 1) {
+                    held.insert(t, frame.clone());
+                    for o in glm.frame(t, frame, motion(t), false, &held) {
                         if let Ok(e) = o.result {
                             norm.push(&Arc::from(e.beta), None);
                         }
