@@ -133,3 +133,35 @@ fn a_missing_watch_folder_is_refused_before_anything_is_written() {
         "a session folder was created"
     );
 }
+
+#[test]
+fn a_malformed_events_table_is_refused_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("export")).unwrap();
+    std::fs::write(
+        tmp.path().join("run-01_events.tsv"),
+        "onset\tduration\ttrial_type\n6\t3\timage\n13\tthree\timage\n",
+    )
+    .unwrap();
+    let config = tmp.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[session]\ndir = \"s\"\n[ingest]\nwatch_dir = \"export\"\n[glm]\ntr = 1.5\nevents = [\"run-01_events.tsv\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("run-01_events.tsv:3") && err.contains("duration 'three'"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("s").exists(),
+        "a session folder was created"
+    );
+}

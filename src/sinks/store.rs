@@ -18,6 +18,13 @@
 //!   run-01/masked.npy      realigned masked voxels (float32, one row per
 //!                          volume, arrival order; np.where voxel order)
 //!   run-01/masked_rows.tsv row → volume index of masked.npy
+//!   run-01/feedback.tsv    per volume and region/decoder: value, smoothed
+//!   betas/raw.npy          one row per trial beta (float32, mask order)
+//!   betas/z.npy            the same, z-scored
+//!   betas/decode.npy       what decoding gets (z, or the repeat average)
+//!   betas/index.tsv        row → run, trial, image id, onset, trigger volume,
+//!                          frames, time estimated, latency; trials without a
+//!                          beta with the reason
 //! ```
 //!
 //! Every row is flushed to the operating system when written, so a crash

@@ -25,8 +25,14 @@ Usage: python tests/parity/glm_compare.py --boldstream target/release/boldstream
 Requirements: tests/parity/requirements.txt (numpy, nibabel, nilearn, pandas).
 """
 
-import argparse
-import json
+import os
+
+# One thread, as boldstream's GLM: numpy's BLAS would otherwise use every core.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
 import pathlib
 import subprocess
 import sys
