@@ -379,6 +379,13 @@ fn region_feedback_tracks_the_signal_cleaned_of_drift_and_motion() {
     }
     let roi_path = tmp.path().join("roi.nii");
     boldstream::formats::nifti::write_volume(&roi_path, &roi, &Default::default()).unwrap();
+    // A decoder reading the same ten voxels (weight 0.1 each) plus a bias.
+    let mut weights = roi.clone();
+    for v in weights.values_mut() {
+        *v *= 0.1;
+    }
+    let weights_path = tmp.path().join("weights.nii");
+    boldstream::formats::nifti::write_volume(&weights_path, &weights, &Default::default()).unwrap();
     let cfg = GlmConfig {
         tr: Some(1.5),
         noise_model: NoiseModel::Ols,
@@ -387,12 +394,16 @@ fn region_feedback_tracks_the_signal_cleaned_of_drift_and_motion() {
                 name: "region".into(),
                 mask: roi_path,
             }],
-            decoders: vec![],
+            decoders: vec![boldstream::glm::feedback::DecoderConfig {
+                name: "decoder".into(),
+                weights: weights_path,
+                bias: 0.5,
+            }],
             smoothing: Smoothing::Ema { alpha: 0.5 },
         },
         ..GlmConfig::default()
     };
-    let samples = |still: bool| -> Vec<(u32, f64, f64)> {
+    let samples_of = |still: bool, which: usize| -> Vec<(u32, f64, f64)> {
         let mut stage = GlmStage::new(cfg.clone(), BufferConfig::default(), Some(120)).unwrap();
         let mut out = Vec::new();
         stage.handle(
@@ -424,7 +435,9 @@ fn region_feedback_tracks_the_signal_cleaned_of_drift_and_motion() {
     // 1. Exactly the definition: the region's mean series regressed on the
     //    motion, drift and constant columns over the frames so far; the
     //    residual of the newest frame, in % of the series' mean.
+    let samples = |still: bool| samples_of(still, 0);
     let moving = samples(false);
+    let decoded = samples_of(false, 1);
     assert_eq!(moving.len(), 120, "one value per volume");
     use boldstream::glm::design::{cosine_drift, drift_order, frame_times};
     let drift = cosine_drift(&frame_times(120, 1.5, 0.0), 0.01);

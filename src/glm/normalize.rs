@@ -223,6 +223,33 @@ mod tests {
     }
 
     #[test]
+    fn calibration_statistics_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("stats.npy");
+        let mut a = crate::sinks::npy::NpyAppender::create(&p, 3).unwrap();
+        a.append(&[1.0, 2.0, 3.0]).unwrap();
+        a.append(&[0.5, 1.0, 2.0]).unwrap();
+        let Stats::Fixed { mean, std } = read_stats(&p, 3).unwrap() else {
+            panic!("fixed statistics expected");
+        };
+        assert_eq!((mean, std), (vec![1.0, 2.0, 3.0], vec![0.5, 1.0, 2.0]));
+        let e = read_stats(&p, 4).unwrap_err().to_string();
+        assert!(
+            e.contains("stats.npy") && e.contains("expected (2, 4)"),
+            "{e}"
+        );
+        let mut bad = crate::sinks::npy::NpyAppender::create(&p, 2).unwrap();
+        bad.append(&[0.0, 0.0]).unwrap();
+        bad.append(&[1.0, -1.0]).unwrap();
+        assert!(
+            read_stats(&p, 2)
+                .unwrap_err()
+                .to_string()
+                .contains("negative")
+        );
+    }
+
+    #[test]
     fn fixed_statistics_and_shape_checks() {
         let mut n = Normalizer::fixed(
             Stats::Fixed {
