@@ -425,7 +425,7 @@ fn region_feedback_tracks_the_signal_cleaned_of_drift_and_motion() {
         out.iter()
             .filter_map(|e| match e {
                 PipelineEvent::Feedback(f) => {
-                    Some((f.key.index, f.values[0].value, f.values[0].smoothed))
+                    Some((f.key.index, f.values[which].value, f.values[which].smoothed))
                 }
                 _ => None,
             })
@@ -476,6 +476,25 @@ fn region_feedback_tracks_the_signal_cleaned_of_drift_and_motion() {
         assert!(
             (got - want).abs() < 1e-6 * want.abs().max(1.0),
             "frame {last}: {got} vs {want}"
+        );
+        // The decoder: Σ 0.1 × (each voxel's cleaned % signal change) + 0.5.
+        let mut want = 0.5;
+        for v in 0..10 {
+            let y: Vec<f64> = (0..m).map(|t| frame(t, &[], 1)[v] as f64).collect();
+            let b = qr
+                .r()
+                .solve_upper_triangular(
+                    &(qr.q().transpose() * nalgebra::DVector::from_vec(y.clone())),
+                )
+                .unwrap();
+            let fitted = (x.row(last) * &b)[(0, 0)];
+            let mean = y.iter().sum::<f64>() / m as f64;
+            want += 0.1 * 100.0 * (y[last] - fitted) / mean;
+        }
+        let got = decoded[last].1;
+        assert!(
+            (got - want).abs() < 1e-6 * want.abs().max(1.0),
+            "decoder at frame {last}: {got} vs {want}"
         );
     }
 
