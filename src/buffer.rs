@@ -247,7 +247,11 @@ impl RunBuffers {
             | PipelineEvent::Beta(_)
             | PipelineEvent::TrialSkipped { .. }
             | PipelineEvent::Feedback(_)
-            | PipelineEvent::Notice(_) => {}
+            | PipelineEvent::Notice(_)
+            | PipelineEvent::DecoderReady(_)
+            | PipelineEvent::Decoded(_)
+            | PipelineEvent::Reconstructed(_)
+            | PipelineEvent::DecodeSkipped { .. } => {}
         }
     }
 }

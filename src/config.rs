@@ -19,6 +19,12 @@
 //!
 //! [buffer]
 //! capacity = 600
+//!
+//! [decode]
+//! model = "onnx/demo"
+//! subject = "onnx/demo/subject-sim01"
+//! device = "auto"                # auto | cpu | cuda | tensorrt
+//! policy = "queue"               # queue | keep_latest | skip
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,6 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::buffer::BufferConfig;
+use crate::decode::DecodeConfig;
 use crate::glm::stage::GlmConfig;
 use crate::ingest::IngestConfig;
 use crate::realign::RealignConfig;
@@ -92,6 +99,9 @@ pub struct Config {
     /// Single-trial betas and per-volume feedback.
     #[serde(default)]
     pub glm: GlmConfig,
+    /// Retrieval and reconstruction (off without a model folder).
+    #[serde(default)]
+    pub decode: DecodeConfig,
     /// Terminal output.
     #[serde(default)]
     pub console: ConsoleConfig,
@@ -151,6 +161,7 @@ impl Config {
         for d in &mut self.glm.feedback.decoders {
             resolve(base, &mut d.weights);
         }
+        self.decode.resolve_paths(base);
     }
 
     /// The session folder: configured, or `sessions/<UTC date-time>`.

@@ -201,6 +201,7 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
         realign: Default::default(),
         buffer: Default::default(),
         glm,
+        decode: Default::default(),
         console: ConsoleConfig { enabled: true },
     };
     let config_text = format!(

@@ -13,6 +13,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod decode;
 pub mod demo;
 pub mod events;
 pub mod formats;

@@ -59,6 +59,83 @@ enum Command {
     },
     /// Single-trial betas offline: the live GLM over a realigned 4-D series.
     Glm(Box<boldstream::glm::offline::GlmArgs>),
+    /// Model folders for the decode stage.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Validate a model folder (and a subject folder) against its manifest,
+    /// warm the graphs up, and print per-graph latency.
+    Check {
+        /// Model folder (holding model.toml) or a manifest file.
+        model: PathBuf,
+        /// Subject folder (holding subject.toml); default: the model
+        /// folder's only `subject-*` folder.
+        #[arg(long)]
+        subject: Option<PathBuf>,
+        /// libonnxruntime.so* (file or folder).
+        #[arg(long)]
+        onnxruntime: Option<PathBuf>,
+        /// auto, cpu, cuda or tensorrt.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Timed calls per graph after the warm-up call.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
+}
+
+fn models_check(
+    model: PathBuf,
+    subject: Option<PathBuf>,
+    onnxruntime: Option<PathBuf>,
+    device: &str,
+    repeats: usize,
+) -> anyhow::Result<()> {
+    let device = match device {
+        "auto" => boldstream::decode::runtime::DeviceChoice::Auto,
+        "cpu" => boldstream::decode::runtime::DeviceChoice::Cpu,
+        "cuda" => boldstream::decode::runtime::DeviceChoice::Cuda,
+        "tensorrt" => boldstream::decode::runtime::DeviceChoice::Tensorrt,
+        other => anyhow::bail!("--device {other}: expected auto, cpu, cuda or tensorrt"),
+    };
+    let subject = match subject {
+        Some(s) => s,
+        None => {
+            let dir = if model.is_dir() {
+                model.clone()
+            } else {
+                model.parent().map(Path::to_path_buf).unwrap_or_default()
+            };
+            let found: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("subject.toml").is_file())
+                .collect();
+            match found.as_slice() {
+                [one] => one.clone(),
+                [] => anyhow::bail!("no subject folder in {}; give --subject", dir.display()),
+                _ => anyhow::bail!(
+                    "several subject folders in {}; give --subject",
+                    dir.display()
+                ),
+            }
+        }
+    };
+    let config = boldstream::decode::DecodeConfig {
+        model: Some(model),
+        subject: Some(subject),
+        onnxruntime,
+        device,
+        warmup_calls: repeats,
+        ..Default::default()
+    };
+    boldstream::decode::check::run(&config, &mut std::io::stdout())?;
+    Ok(())
 }
 
 /// Logs: stderr (journald-friendly: no colours unless a terminal) at
@@ -281,6 +358,19 @@ fn dispatch() -> anyhow::Result<()> {
         Command::Glm(args) => {
             init_logging("info", None)?;
             boldstream::glm::offline::run_cli(&args)
+        }
+        Command::Models {
+            command:
+                ModelsCommand::Check {
+                    model,
+                    subject,
+                    onnxruntime,
+                    device,
+                    repeats,
+                },
+        } => {
+            init_logging("warn", None)?;
+            models_check(model, subject, onnxruntime, &device, repeats)
         }
     }
 }

@@ -195,6 +195,25 @@ pub enum PipelineEvent {
     Feedback(Box<FeedbackSample>),
     /// Something the operator should know (restarts, disabled outputs…).
     Notice(String),
+    /// The decoder's graphs are loaded and warmed up.
+    DecoderReady(Box<DecoderReport>),
+    /// A trial's fast decode: retrieval, as soon as its beta arrived.
+    Decoded(Box<TrialDecoded>),
+    /// A trial's reconstruction.
+    Reconstructed(Box<TrialReconstructed>),
+    /// A trial that will not be reconstructed (or decoded), and why.
+    DecodeSkipped {
+        /// Run number.
+        run: u32,
+        /// Trial number within the run.
+        trial: usize,
+        /// The image shown, when known.
+        stim_id: Option<String>,
+        /// Which output is missing: `decode` or `reconstruction`.
+        what: &'static str,
+        /// Why, in words.
+        reason: String,
+    },
 }
 
 /// A trial's response pattern, estimated.
@@ -254,4 +273,97 @@ pub struct FeedbackValue {
     pub value: f64,
     /// After the configured smoothing (equal to `value` when none).
     pub smoothed: f64,
+}
+
+/// The decode stage's models, as loaded and warmed up.
+#[derive(Debug, Clone)]
+pub struct DecoderReport {
+    /// The model folder's manifest.
+    pub model: PathBuf,
+    /// The subject.
+    pub subject: String,
+    /// The ONNX Runtime library in use.
+    pub library: PathBuf,
+    /// Its version.
+    pub version: String,
+    /// Per graph: role, file, provider, first-call and median seconds.
+    pub graphs: Vec<GraphReport>,
+}
+
+/// One graph of a [`DecoderReport`].
+#[derive(Debug, Clone)]
+pub struct GraphReport {
+    /// Role.
+    pub role: &'static str,
+    /// File.
+    pub file: PathBuf,
+    /// Execution provider.
+    pub provider: String,
+    /// First (warm-up) call, seconds.
+    pub first_seconds: f64,
+    /// Median of the timed calls after it, seconds.
+    pub median_seconds: f64,
+}
+
+/// A trial's fast decode.
+#[derive(Debug, Clone)]
+pub struct TrialDecoded {
+    /// Run number.
+    pub run: u32,
+    /// Trial number within the run.
+    pub trial: usize,
+    /// The image shown, when the events table says.
+    pub stim_id: Option<String>,
+    /// Best candidates, best first: (id, cosine similarity).
+    pub top: Vec<(String, f32)>,
+    /// Rank (1 = best) of the image shown among all candidates, when it is
+    /// in the bank.
+    pub true_rank: Option<usize>,
+    /// Candidates in the bank.
+    pub bank_size: usize,
+    /// The retrieval query (embedding).
+    pub query: std::sync::Arc<[f32]>,
+    /// ONNX Runtime seconds per graph (adapter, backbone).
+    pub graphs: Vec<(&'static str, f64)>,
+    /// Wall seconds of the fast path.
+    pub seconds: f64,
+    /// Seconds from the beta being ready to this output.
+    pub since_beta: f64,
+    /// Seconds from the trigger volume's file appearing to this output.
+    pub since_trigger: Option<f64>,
+    /// Voxels that were not finite (fed as 0).
+    pub nonfinite_voxels: usize,
+}
+
+/// A trial's reconstruction.
+#[derive(Debug, Clone)]
+pub struct TrialReconstructed {
+    /// Run number.
+    pub run: u32,
+    /// Trial number within the run.
+    pub trial: usize,
+    /// The image shown, when known.
+    pub stim_id: Option<String>,
+    /// Image, channel-major `[C, H, W]`, nominally in [0, 1].
+    pub image: std::sync::Arc<[f32]>,
+    /// `(C, H, W)`.
+    pub chw: (usize, usize, usize),
+    /// Seed of the prior's noise.
+    pub prior_seed: u64,
+    /// Seed of the decoder's noise.
+    pub decoder_seed: u64,
+    /// ONNX Runtime seconds per prior step.
+    pub prior_steps: Vec<f64>,
+    /// ONNX Runtime seconds per decoder step.
+    pub decoder_steps: Vec<f64>,
+    /// ONNX Runtime seconds of the latent decoder.
+    pub latent_decoder_seconds: f64,
+    /// Seconds it waited for the worker.
+    pub queued_seconds: f64,
+    /// Wall seconds of the reconstruction itself.
+    pub seconds: f64,
+    /// Of those, seconds not spent inside ONNX Runtime.
+    pub overhead_seconds: f64,
+    /// Seconds from the trigger volume's file appearing to this output.
+    pub since_trigger: Option<f64>,
 }

@@ -5,9 +5,10 @@
 //! ring buffers, the console and any observer channels.
 //!
 //! ```text
-//! ingest ──(bounded)──▶ realign ──(bounded)──▶ glm ──fan-out──▶ store    (reliable)
-//!                                  live events ──┘          ├─▶ console  (lossy)
-//!                                  (TCP/UDP)                 └─▶ observers (reliable)
+//! ingest ─(bounded)─▶ realign ─(bounded)─▶ glm ─(bounded)─▶ decode ─fan-out─▶ store    (reliable)
+//!                         live events ──┘          ▲   │          ├─▶ console  (lossy)
+//!                         (TCP/UDP)    reconstruct └───┘          └─▶ observers (reliable)
+//!                                      worker (jobs ⇄ results)
 //! ```
 //!
 //! "Reliable" sinks make the fan-out wait when they are behind (a warning
@@ -24,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use crate::buffer::RunBuffers;
 use crate::config::Config;
+use crate::decode::DecodeStage;
 use crate::glm::stage::GlmStage;
 use crate::ingest::{self, IngestHandle, IngestStats};
 use crate::live::{LiveEvent, LiveListener};
@@ -49,6 +51,9 @@ pub enum PipelineError {
     /// The GLM settings or events tables are unusable.
     #[error("glm: {0}")]
     Glm(String),
+    /// The model or subject folder is unusable, or ONNX Runtime is missing.
+    #[error("decode: {0}")]
+    Decode(#[from] crate::decode::ModelError),
     /// The live-events socket could not be opened.
     #[error("live events on {addr}: {source}")]
     Live {
@@ -104,6 +109,12 @@ pub struct PipelineSummary {
     pub betas: u64,
     /// Trials that got no beta.
     pub trials_skipped: u64,
+    /// Trials decoded (retrieval emitted).
+    pub decoded: u64,
+    /// Trials reconstructed.
+    pub reconstructed: u64,
+    /// Trials not decoded or not reconstructed (each reported).
+    pub decode_skipped: u64,
     /// Volumes that could not be realigned.
     pub realign_failed: u64,
     /// Session-store write errors (each was logged).
@@ -118,6 +129,7 @@ pub struct Pipeline {
     realign: Option<JoinHandle<()>>,
     sinks: Vec<(&'static str, JoinHandle<u64>)>,
     glm: Option<JoinHandle<RunBuffers>>,
+    decode: Option<JoinHandle<()>>,
     live: Option<LiveListener>,
     counts: Arc<Counts>,
     session_dir: PathBuf,
@@ -129,9 +141,13 @@ struct Counts {
     failed: AtomicU64,
     betas: AtomicU64,
     skipped: AtomicU64,
+    decoded: AtomicU64,
+    reconstructed: AtomicU64,
+    decode_skipped: AtomicU64,
 }
 
 const REALIGN_QUEUE: usize = 64;
+const DECODE_QUEUE: usize = 64;
 
 fn spawn_named<T: Send + 'static>(
     name: &'static str,
@@ -239,7 +255,28 @@ impl Pipeline {
                 )));
             }
         }
+        config
+            .decode
+            .preflight(Pipeline::realign_config(config)?.mask.as_deref())?;
         Ok(())
+    }
+
+    /// Realign's settings, with the subject folder's mask as the session
+    /// mask when decoding is on and no mask is configured: the adapter's
+    /// voxel order is that mask's.
+    fn realign_config(config: &Config) -> Result<crate::realign::RealignConfig, PipelineError> {
+        let mut realign = config.realign.clone();
+        if realign.mask.is_none()
+            && config.decode.enabled()
+            && let Some(subject) = &config.decode.subject
+        {
+            let s = crate::decode::manifest::SubjectManifest::load(subject)?;
+            if let Some(mask) = s.mask {
+                tracing::info!("session mask: the subject's, {}", mask.display());
+                realign.mask = Some(mask);
+            }
+        }
+        Ok(realign)
     }
 
     /// Create the session folder, prepare realign, and start every stage.
@@ -255,13 +292,16 @@ impl Pipeline {
             path: session_dir.clone(),
             source,
         };
-        let mut realigner = Realigner::new(config.realign.clone())?;
+        let mut realigner = Realigner::new(Pipeline::realign_config(config)?)?;
         let mut glm = GlmStage::new(
             config.glm.clone(),
             config.buffer.clone(),
             config.ingest.volumes_per_run,
         )
         .map_err(PipelineError::Glm)?;
+        // Models load and warm up before the session folder exists: a bad
+        // model folder stops the start, never a run.
+        let mut decode = DecodeStage::start(&config.decode)?;
         let mut store = SessionStore::create(&session_dir, config_text).map_err(session_err)?;
 
         let mut outlets = Vec::new();
@@ -341,19 +381,50 @@ impl Pipeline {
             };
         let observers = std::mem::take(&mut options.observers);
         let c = counts.clone();
-        let glm = spawn_named("glm", move || {
+        let (decode_tx, decode_rx) = bounded::<PipelineEvent>(DECODE_QUEUE);
+        let decode_thread = spawn_named("decode", move || {
             let mut emit = |out: PipelineEvent| {
                 let counter = match &out {
                     PipelineEvent::Realigned(_) => Some(&c.realigned),
                     PipelineEvent::RealignFailed { .. } => Some(&c.failed),
                     PipelineEvent::Beta(_) => Some(&c.betas),
                     PipelineEvent::TrialSkipped { .. } => Some(&c.skipped),
+                    PipelineEvent::Decoded(_) => Some(&c.decoded),
+                    PipelineEvent::Reconstructed(_) => Some(&c.reconstructed),
+                    PipelineEvent::DecodeSkipped { .. } => Some(&c.decode_skipped),
                     _ => None,
                 };
                 if let Some(counter) = counter {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
                 fan_out(&mut outlets, &observers, out);
+            };
+            decode.announce(&mut emit);
+            let results = decode.results();
+            loop {
+                crossbeam_channel::select! {
+                    recv(decode_rx) -> ev => match ev {
+                        Ok(ev) => decode.handle(ev, &mut emit),
+                        Err(_) => break,
+                    },
+                    recv(results) -> done => {
+                        if let Ok(done) = done {
+                            decode.done(done, &mut emit);
+                        }
+                    },
+                }
+            }
+            decode.finish(&mut emit);
+            // Dropping the outlets closes the sinks' channels: they drain and end.
+        })?;
+        let glm = spawn_named("glm", move || {
+            let mut emit = |out: PipelineEvent| match decode_tx.try_send(out) {
+                Ok(()) => {}
+                Err(TrySendError::Full(out)) => {
+                    tracing::warn!("the decode stage is behind; the GLM waits for it");
+                    let _ = decode_tx.send(out);
+                }
+                Err(TrySendError::Disconnected(_)) => {}
             };
             let mut live_open = true;
             loop {
@@ -373,7 +444,7 @@ impl Pipeline {
                     },
                 }
             }
-            // Dropping the outlets closes the sinks' channels: they drain and end.
+            // Dropping decode_tx ends the decode stage's input.
             glm.into_buffers()
         })?;
 
@@ -384,6 +455,7 @@ impl Pipeline {
             realign: Some(realign),
             sinks,
             glm: Some(glm),
+            decode: Some(decode_thread),
             live,
             counts,
             session_dir,
@@ -427,6 +499,11 @@ impl Pipeline {
             .take()
             .and_then(|h| h.join().ok())
             .unwrap_or_else(|| RunBuffers::new(Default::default()));
+        if let Some(d) = self.decode.take()
+            && d.join().is_err()
+        {
+            tracing::error!("the decode thread panicked");
+        }
         if let Some(l) = self.live.take() {
             l.stop();
         }
@@ -444,6 +521,9 @@ impl Pipeline {
             realigned: self.counts.realigned.load(Ordering::Relaxed),
             betas: self.counts.betas.load(Ordering::Relaxed),
             trials_skipped: self.counts.skipped.load(Ordering::Relaxed),
+            decoded: self.counts.decoded.load(Ordering::Relaxed),
+            reconstructed: self.counts.reconstructed.load(Ordering::Relaxed),
+            decode_skipped: self.counts.decode_skipped.load(Ordering::Relaxed),
             realign_failed: self.counts.failed.load(Ordering::Relaxed),
             store_errors,
             session_dir: self.session_dir.clone(),

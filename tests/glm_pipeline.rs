@@ -36,6 +36,7 @@ fn config(tmp: &Path, volumes: u32, glm: GlmConfig) -> Config {
         realign: Default::default(),
         buffer: Default::default(),
         glm,
+        decode: Default::default(),
         console: ConsoleConfig { enabled: false },
     }
 }

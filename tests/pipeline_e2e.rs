@@ -44,6 +44,7 @@ fn config(export: &Path, session: &Path, volumes_per_run: u32, naming: &str) -> 
         realign: Default::default(),
         buffer: Default::default(),
         glm: Default::default(),
+        decode: Default::default(),
         console: ConsoleConfig { enabled: false },
     }
 }

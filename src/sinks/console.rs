@@ -121,6 +121,76 @@ impl<W: Write> Console<W> {
                 writeln!(self.out, "    feedback {}: {}", f.key, parts.join(" | "))
             }
             PipelineEvent::Notice(t) => writeln!(self.out, "notice: {t}"),
+            PipelineEvent::DecoderReady(r) => {
+                writeln!(
+                    self.out,
+                    "decoder ready: {} for subject {} on ONNX Runtime {} ({})",
+                    r.model.display(),
+                    r.subject,
+                    r.version,
+                    r.library.display()
+                )?;
+                for g in &r.graphs {
+                    writeln!(
+                        self.out,
+                        "    {:<15} {:<8} warm-up {:>8.2} ms, then {:>8.3} ms",
+                        g.role,
+                        g.provider,
+                        g.first_seconds * 1e3,
+                        g.median_seconds * 1e3
+                    )?;
+                }
+                Ok(())
+            }
+            PipelineEvent::Decoded(d) => {
+                let top: Vec<String> = d
+                    .top
+                    .iter()
+                    .take(3)
+                    .map(|(id, s)| format!("{id} {s:.2}"))
+                    .collect();
+                let truth = match (&d.stim_id, d.true_rank) {
+                    (Some(id), Some(r)) => format!(" | shown {id}: rank {r}/{}", d.bank_size),
+                    (Some(id), None) => format!(" | shown {id} (not in the bank)"),
+                    _ => String::new(),
+                };
+                writeln!(
+                    self.out,
+                    "run {:>2} trial {:>3}: retrieval {}{truth} | {:.1} ms{}",
+                    d.run,
+                    d.trial,
+                    top.join(", "),
+                    d.seconds * 1e3,
+                    d.since_trigger
+                        .map(|t| format!(", {:.0} ms after the trigger volume", t * 1e3))
+                        .unwrap_or_default()
+                )
+            }
+            PipelineEvent::Reconstructed(r) => writeln!(
+                self.out,
+                "run {:>2} trial {:>3}: reconstruction {}x{} in {:.0} ms ({} prior + {} decoder steps, queued {:.0} ms, seeds {}/{})",
+                r.run,
+                r.trial,
+                r.chw.2,
+                r.chw.1,
+                r.seconds * 1e3,
+                r.prior_steps.len(),
+                r.decoder_steps.len(),
+                r.queued_seconds * 1e3,
+                r.prior_seed,
+                r.decoder_seed
+            ),
+            PipelineEvent::DecodeSkipped {
+                run,
+                trial,
+                what,
+                reason,
+                ..
+            } => writeln!(
+                self.out,
+                "run {run:>2} trial {trial:>3}: NO {} — {reason}",
+                what.to_uppercase()
+            ),
             PipelineEvent::RealignFailed { key, path, reason } => {
                 writeln!(
                     self.out,

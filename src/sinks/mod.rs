@@ -5,5 +5,6 @@
 //! terminal ([`console`]); later the dashboard and feedback sockets.
 
 pub mod console;
+pub mod image;
 pub mod npy;
 pub mod store;

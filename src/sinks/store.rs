@@ -25,6 +25,16 @@
 //!   betas/index.tsv        row → run, trial, image id, onset, trigger volume,
 //!                          frames, time estimated, latency; trials without a
 //!                          beta with the reason
+//!   decode/models.tsv      the decoder's graphs: provider, warm-up latency
+//!   decode/retrieval.tsv   per decoded trial: image shown, its rank, top-k
+//!                          ids and scores, per-graph and end-to-end times
+//!   decode/query.npy       the retrieval query per decoded trial (row order
+//!                          of retrieval.tsv)
+//!   decode/recon.tsv       per reconstruction: PNG, seeds, queue wait,
+//!                          prior/decoder/latent-decoder times, overhead
+//!   decode/steps.tsv       ONNX Runtime time of every sampler step
+//!   decode/recon/run-01_trial-003.png   the reconstructions
+//!   decode/skipped.tsv     every trial not decoded or not reconstructed, why
 //! ```
 //!
 //! Every row is flushed to the operating system when written, so a crash
@@ -67,8 +77,19 @@ struct BetaFiles {
 
 const BETA_HEADER: &str = "row\trun\ttrial\timage_id\ttrial_type\tonset\tduration\ttrigger_volume\tframes\tregressors\tpresentations\tdelayed\twarmup\testimated_unix\tlatency_ms\tcompute_ms\tstatus";
 
+/// The decode outputs (created with the first decode event).
+struct DecodeFiles {
+    dir: PathBuf,
+    retrieval: File,
+    query: Option<NpyAppender>,
+    recon: File,
+    steps: File,
+    skipped: File,
+}
+
 /// Writes the session folder.
 pub struct SessionStore {
+    decode: Option<DecodeFiles>,
     dir: PathBuf,
     betas: Option<BetaFiles>,
     beta_index: Option<File>,
@@ -120,6 +141,7 @@ impl SessionStore {
             writeln!(ingest_log, "time_unix\tevent\trun\tvolume\tfile\tdetail")?;
         }
         Ok(SessionStore {
+            decode: None,
             dir: dir.to_path_buf(),
             betas: None,
             beta_index: None,
@@ -263,7 +285,183 @@ impl SessionStore {
                 Ok(())
             }
             PipelineEvent::Notice(text) => self.log("notice", None, Path::new(""), text),
+            PipelineEvent::DecoderReady(r) => {
+                let d = self.decode_files()?;
+                let mut f = File::create(d.dir.join("models.tsv"))?;
+                writeln!(f, "role\tprovider\tfirst_ms\tmedian_ms\tfile")?;
+                for g in &r.graphs {
+                    writeln!(
+                        f,
+                        "{}\t{}\t{:.3}\t{:.3}\t{}",
+                        g.role,
+                        g.provider,
+                        g.first_seconds * 1e3,
+                        g.median_seconds * 1e3,
+                        clean(&g.file.display().to_string())
+                    )?;
+                }
+                let detail = format!(
+                    "model {} subject {} onnxruntime {} ({})",
+                    r.model.display(),
+                    r.subject,
+                    r.version,
+                    r.library.display()
+                );
+                self.log("decoder_ready", None, Path::new(""), &detail)
+            }
+            PipelineEvent::Decoded(d) => self.decoded(d),
+            PipelineEvent::Reconstructed(r) => self.reconstructed(r),
+            PipelineEvent::DecodeSkipped {
+                run,
+                trial,
+                stim_id,
+                what,
+                reason,
+            } => {
+                let d = self.decode_files()?;
+                writeln!(
+                    d.skipped,
+                    "{:.3}\t{run}\t{trial}\t{}\t{what}\t{}",
+                    unix_seconds(SystemTime::now()),
+                    stim_id.as_deref().map_or("n/a".into(), clean),
+                    clean(reason)
+                )
+            }
         }
+    }
+
+    fn decode_files(&mut self) -> std::io::Result<&mut DecodeFiles> {
+        if self.decode.is_none() {
+            let dir = self.dir.join("decode");
+            std::fs::create_dir_all(dir.join("recon"))?;
+            let header = |name: &str, h: &str| -> std::io::Result<File> {
+                let path = dir.join(name);
+                let new = !path.exists();
+                let mut f = append(&path)?;
+                if new {
+                    writeln!(f, "{h}")?;
+                }
+                Ok(f)
+            };
+            self.decode = Some(DecodeFiles {
+                retrieval: header(
+                    "retrieval.tsv",
+                    "row\trun\ttrial\timage_id\ttrue_rank\tbank_size\ttop_ids\ttop_scores\tadapter_ms\tbackbone_ms\tfast_ms\tsince_beta_ms\tsince_trigger_ms\tnonfinite_voxels",
+                )?,
+                recon: header(
+                    "recon.tsv",
+                    "run\ttrial\timage_id\tpng\tprior_seed\tdecoder_seed\tqueued_ms\tprior_steps\tprior_ms\tdecoder_steps\tdecoder_ms\tlatent_decoder_ms\trecon_ms\toverhead_ms\tsince_trigger_ms",
+                )?,
+                steps: header("steps.tsv", "run\ttrial\tgraph\tstep\tms")?,
+                skipped: header(
+                    "skipped.tsv",
+                    "time_unix\trun\ttrial\timage_id\twhat\treason",
+                )?,
+                query: None,
+                dir,
+            });
+        }
+        self.decode
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("decode files vanished"))
+    }
+
+    fn decoded(&mut self, t: &crate::messages::TrialDecoded) -> std::io::Result<()> {
+        let d = self.decode_files()?;
+        if d.query.is_none() {
+            d.query = Some(NpyAppender::create(
+                &d.dir.join("query.npy"),
+                t.query.len(),
+            )?);
+        }
+        let row = match d.query.as_mut() {
+            Some(q) => {
+                q.append(&t.query)?;
+                q.rows() - 1
+            }
+            None => 0,
+        };
+        let graph = |role: &str| {
+            t.graphs
+                .iter()
+                .find(|(r, _)| *r == role)
+                .map_or("n/a".to_string(), |(_, s)| format!("{:.3}", s * 1e3))
+        };
+        let ids: Vec<String> = t.top.iter().map(|(id, _)| clean(id)).collect();
+        let scores: Vec<String> = t.top.iter().map(|(_, s)| format!("{s:.4}")).collect();
+        writeln!(
+            d.retrieval,
+            "{row}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{:.3}\t{:.3}\t{}\t{}",
+            t.run,
+            t.trial,
+            t.stim_id.as_deref().map_or("n/a".into(), clean),
+            t.true_rank.map_or("n/a".into(), |r| r.to_string()),
+            t.bank_size,
+            ids.join(","),
+            scores.join(","),
+            graph("adapter"),
+            graph("backbone"),
+            t.seconds * 1e3,
+            t.since_beta * 1e3,
+            opt(t.since_trigger.map(|s| s * 1e3), 3),
+            t.nonfinite_voxels
+        )
+    }
+
+    fn reconstructed(&mut self, r: &crate::messages::TrialReconstructed) -> std::io::Result<()> {
+        let d = self.decode_files()?;
+        let name = format!("run-{:02}_trial-{:03}.png", r.run, r.trial);
+        let png =
+            match crate::sinks::image::write_png(&d.dir.join("recon").join(&name), &r.image, r.chw)
+            {
+                Ok(()) => format!("recon/{name}"),
+                Err(e) => {
+                    tracing::error!(
+                        "reconstruction run {} trial {}: PNG not written: {e}",
+                        r.run,
+                        r.trial
+                    );
+                    "n/a".to_string()
+                }
+            };
+        for (graph, steps) in [("prior", &r.prior_steps), ("decoder", &r.decoder_steps)] {
+            for (i, s) in steps.iter().enumerate() {
+                writeln!(
+                    d.steps,
+                    "{}\t{}\t{graph}\t{i}\t{:.3}",
+                    r.run,
+                    r.trial,
+                    s * 1e3
+                )?;
+            }
+        }
+        if r.latent_decoder_seconds > 0.0 {
+            writeln!(
+                d.steps,
+                "{}\t{}\tlatent_decoder\t0\t{:.3}",
+                r.run,
+                r.trial,
+                r.latent_decoder_seconds * 1e3
+            )?;
+        }
+        writeln!(
+            d.recon,
+            "{}\t{}\t{}\t{png}\t{}\t{}\t{:.3}\t{}\t{:.3}\t{}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{}",
+            r.run,
+            r.trial,
+            r.stim_id.as_deref().map_or("n/a".into(), clean),
+            r.prior_seed,
+            r.decoder_seed,
+            r.queued_seconds * 1e3,
+            r.prior_steps.len(),
+            r.prior_steps.iter().sum::<f64>() * 1e3,
+            r.decoder_steps.len(),
+            r.decoder_steps.iter().sum::<f64>() * 1e3,
+            r.latent_decoder_seconds * 1e3,
+            r.seconds * 1e3,
+            r.overhead_seconds * 1e3,
+            opt(r.since_trigger.map(|s| s * 1e3), 3)
+        )
     }
 
     fn ingest(&mut self, ev: &IngestEvent) -> std::io::Result<()> {

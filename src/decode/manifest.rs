@@ -1,0 +1,1007 @@
+//! The model folder's `model.toml` and the subject folder's `subject.toml`.
+//!
+//! In: the two folders. Out: [`ModelManifest`] and [`SubjectManifest`] with
+//! every path resolved and the manifest's own consistency checked (shapes
+//! that must agree between roles do). Agreement with the graphs themselves
+//! is checked by [`super::models`] once they are loaded. The format is
+//! documented in `onnx/README.md`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The manifest versions this build reads.
+pub const FORMAT: u32 = 1;
+
+/// Why a model or subject folder cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A manifest is malformed or inconsistent.
+    #[error("{}: {message}", path.display())]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// A graph could not be loaded or run.
+    #[error("{role} graph {}: {message}", path.display())]
+    Graph {
+        /// Its role.
+        role: &'static str,
+        /// The `.onnx` file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A graph's inputs or outputs disagree with the manifest.
+    #[error("{role} graph {}: {tensor}: the manifest says {expected}, the graph has {found}", path.display())]
+    Mismatch {
+        /// Its role.
+        role: &'static str,
+        /// The `.onnx` file.
+        path: PathBuf,
+        /// Which tensor (and which property).
+        tensor: String,
+        /// What the manifest says.
+        expected: String,
+        /// What the graph has.
+        found: String,
+    },
+    /// The retrieval bank is unusable.
+    #[error("retrieval bank {}: {message}", path.display())]
+    Bank {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The subject's adapter does not fit the session's mask.
+    #[error(
+        "subject {subject}: the adapter takes {adapter} voxels but the session mask has {mask}; \
+         use the subject's own mask (realign.mask) or refit the adapter"
+    )]
+    VoxelCount {
+        /// The subject.
+        subject: String,
+        /// Voxels the adapter takes.
+        adapter: usize,
+        /// Voxels in the session mask.
+        mask: usize,
+    },
+    /// ONNX Runtime could not be loaded or set up.
+    #[error(transparent)]
+    Runtime(#[from] super::runtime::RuntimeError),
+}
+
+/// Element types the decode stage feeds and reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 32-bit float.
+    Float32,
+    /// 64-bit signed integer (timesteps).
+    Int64,
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::Float32 => "float32",
+            Dtype::Int64 => "int64",
+        })
+    }
+}
+
+/// One input or output of a graph: name, shape (`-1` = free) and dtype.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorSpec {
+    /// The name in the graph.
+    pub name: String,
+    /// Dimensions; `-1` where the graph leaves one free.
+    pub shape: Vec<i64>,
+    /// Element type.
+    pub dtype: Dtype,
+}
+
+impl TensorSpec {
+    /// Elements, counting a free dimension as 1 (the batch).
+    pub fn len(&self) -> usize {
+        self.shape.iter().map(|&d| d.max(1) as usize).product()
+    }
+
+    /// True for a shape with a zero dimension.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The concrete shape fed to the graph (free dimensions as 1).
+    pub fn concrete(&self) -> Vec<i64> {
+        self.shape.iter().map(|&d| d.max(1)).collect()
+    }
+
+    fn float(name: &str, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            dtype: Dtype::Float32,
+        }
+    }
+}
+
+/// Shape display as the manifest writes it.
+pub fn shape_str(shape: &[i64]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// Where a graph names one of its tensors by name only, or in full.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TensorRef {
+    /// Just the name; shape and dtype follow from the role.
+    Name(String),
+    /// Name, shape and dtype (they must agree with the role's).
+    Spec(TensorSpec),
+}
+
+impl TensorRef {
+    fn resolve(
+        &self,
+        expected: &[i64],
+        dtype: Dtype,
+        field: &str,
+        manifest: &Path,
+    ) -> Result<TensorSpec, ModelError> {
+        match self {
+            TensorRef::Name(n) => Ok(TensorSpec {
+                name: n.clone(),
+                shape: expected.to_vec(),
+                dtype,
+            }),
+            TensorRef::Spec(s) => {
+                if !shapes_agree(&s.shape, expected) {
+                    return Err(manifest_err(
+                        manifest,
+                        format!(
+                            "{field}: shape {} but it must be {}",
+                            shape_str(&s.shape),
+                            shape_str(expected)
+                        ),
+                    ));
+                }
+                if s.dtype != dtype {
+                    return Err(manifest_err(
+                        manifest,
+                        format!("{field}: dtype {} but it must be {dtype}", s.dtype),
+                    ));
+                }
+                Ok(s.clone())
+            }
+        }
+    }
+}
+
+/// Two shapes agree when their ranks are equal and every dimension is
+/// equal or free (`-1`) on either side.
+pub fn shapes_agree(a: &[i64], b: &[i64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| x == y || x < 0 || y < 0)
+}
+
+fn manifest_err(path: &Path, message: String) -> ModelError {
+    ModelError::Manifest {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// `[backbone]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackboneSpec {
+    /// The graph.
+    pub file: PathBuf,
+    /// Shared latent in.
+    pub input: TensorSpec,
+    /// Embedding tokens out.
+    pub tokens: TensorSpec,
+    /// Retrieval embedding out (optional head).
+    #[serde(default)]
+    pub retrieval: Option<TensorSpec>,
+    /// Low-level latent out (optional head).
+    #[serde(default)]
+    pub lowlevel: Option<TensorSpec>,
+}
+
+/// What a denoiser predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Prediction {
+    /// The clean sample.
+    X0,
+    /// The noise.
+    Eps,
+    /// Velocity (Salimans & Ho).
+    V,
+}
+
+/// A discrete noise schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    /// `linear` or `cosine`.
+    pub kind: ScheduleKind,
+    /// Training timesteps T.
+    pub train_steps: usize,
+    /// First β of a linear schedule.
+    #[serde(default = "default_beta_start")]
+    pub beta_start: f64,
+    /// Last β of a linear schedule.
+    #[serde(default = "default_beta_end")]
+    pub beta_end: f64,
+}
+
+fn default_beta_start() -> f64 {
+    1e-4
+}
+fn default_beta_end() -> f64 {
+    0.02
+}
+
+/// Discrete schedule shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// βs evenly spaced.
+    Linear,
+    /// Nichol & Dhariwal's cosine ᾱ.
+    Cosine,
+}
+
+/// A discrete-time sampler's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscreteSampler {
+    /// `ddim` or `ddpm`.
+    pub kind: DiscreteKind,
+    /// Inference steps.
+    pub steps: usize,
+    /// DDIM's η (0 = deterministic).
+    #[serde(default)]
+    pub eta: f64,
+    /// Classifier-free guidance scale (1 = none).
+    #[serde(default = "one")]
+    pub guidance: f64,
+    /// Noise seed.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Discrete samplers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscreteKind {
+    /// Song et al. 2021.
+    Ddim,
+    /// Ho et al. 2020 (with skipped steps).
+    Ddpm,
+}
+
+/// `[prior]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorSpec {
+    /// The one-step graph.
+    pub file: PathBuf,
+    /// Noisy sample in.
+    pub sample: TensorSpec,
+    /// Timestep in (`[1]`, int64 or float32).
+    pub timestep: TensorSpec,
+    /// Conditioning in (the backbone's tokens).
+    pub cond: TensorSpec,
+    /// Prediction out.
+    pub output: TensorSpec,
+    /// What the output is.
+    pub prediction: Prediction,
+    /// The training schedule.
+    pub schedule: ScheduleSpec,
+    /// How to sample.
+    pub sampler: DiscreteSampler,
+}
+
+/// `[decoder]`: one pass or a diffusion.
+// Parsed once per session: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DecoderSpec {
+    /// Embedding → image in one graph.
+    Onepass {
+        /// The graph.
+        file: PathBuf,
+        /// Tokens in.
+        input: TensorRef,
+        /// Image out.
+        output: TensorRef,
+        /// The image's shape `[1, 3, H, W]`.
+        image: ImageSpec,
+    },
+    /// A denoising step plus a latent decoder.
+    Diffusion {
+        /// The latent's shape and dtype (the name is informational).
+        latent: TensorSpec,
+        /// The one-step denoiser.
+        denoiser: DenoiserSpec,
+        /// Latent → image.
+        latent_decoder: LatentDecoderSpec,
+        /// The image's shape.
+        image: ImageSpec,
+        /// How to sample.
+        sampler: DecoderSampler,
+    },
+}
+
+/// The decoded image's shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// `[1, C, H, W]` with C = 1 or 3.
+    pub shape: Vec<i64>,
+}
+
+/// The diffusion decoder's one-step graph.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenoiserSpec {
+    /// The graph.
+    pub file: PathBuf,
+    /// Noisy latent in.
+    pub sample: TensorRef,
+    /// σ (Euler, float32 `[1]`) or timestep (DDIM, int64 `[1]`) in.
+    pub noise: TensorRef,
+    /// Conditioning in.
+    pub cond: TensorRef,
+    /// Prediction out.
+    pub output: TensorRef,
+    /// What the output is.
+    pub prediction: Prediction,
+}
+
+/// The latent decoder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatentDecoderSpec {
+    /// The graph.
+    pub file: PathBuf,
+    /// Latent in.
+    pub input: TensorRef,
+    /// Image out.
+    pub output: TensorRef,
+}
+
+/// The diffusion decoder's sampler.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DecoderSampler {
+    /// Karras et al.'s deterministic Euler.
+    Euler {
+        /// Steps.
+        steps: usize,
+        /// Smallest σ.
+        sigma_min: f64,
+        /// Largest σ.
+        sigma_max: f64,
+        /// Schedule curvature.
+        #[serde(default = "default_rho")]
+        rho: f64,
+        /// Guidance scale.
+        #[serde(default = "one")]
+        guidance: f64,
+        /// Noise seed.
+        #[serde(default)]
+        seed: u64,
+    },
+    /// DDIM over a discrete schedule.
+    Ddim {
+        /// Steps.
+        steps: usize,
+        /// η.
+        #[serde(default)]
+        eta: f64,
+        /// Guidance scale.
+        #[serde(default = "one")]
+        guidance: f64,
+        /// Noise seed.
+        #[serde(default)]
+        seed: u64,
+        /// The training schedule.
+        schedule: ScheduleSpec,
+    },
+}
+
+fn default_rho() -> f64 {
+    7.0
+}
+
+/// `[retrieval]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalSpec {
+    /// `(N, E)` float `.npy`.
+    pub embeddings: PathBuf,
+    /// N ids, one per line.
+    pub ids: PathBuf,
+    /// Folder of `<id>.png` (optional).
+    #[serde(default)]
+    pub images: Option<PathBuf>,
+    /// Candidates reported per trial.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+/// A parsed, self-consistent `model.toml` with absolute paths.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelManifest {
+    /// Manifest version (1).
+    pub format: u32,
+    /// The model's name.
+    pub name: String,
+    /// The backbone.
+    pub backbone: BackboneSpec,
+    /// The diffusion prior (optional: without it the decoder is conditioned
+    /// on the backbone's tokens).
+    #[serde(default)]
+    pub prior: Option<PriorSpec>,
+    /// The image decoder (optional: retrieval only without it).
+    #[serde(default)]
+    pub decoder: Option<DecoderSpec>,
+    /// The retrieval bank (optional).
+    #[serde(default)]
+    pub retrieval: Option<RetrievalSpec>,
+    /// The manifest file.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// The decoder's tensors once names are resolved against the roles.
+// Built once per session, like DecoderSpec.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum DecoderIo {
+    /// One pass.
+    Onepass {
+        /// The graph.
+        file: PathBuf,
+        /// Tokens in.
+        input: TensorSpec,
+        /// Image out.
+        output: TensorSpec,
+    },
+    /// Denoiser plus latent decoder.
+    Diffusion {
+        /// The denoiser graph.
+        file: PathBuf,
+        /// Noisy latent in.
+        sample: TensorSpec,
+        /// σ or timestep in.
+        noise: TensorSpec,
+        /// Conditioning in.
+        cond: TensorSpec,
+        /// Prediction out.
+        output: TensorSpec,
+        /// What it predicts.
+        prediction: Prediction,
+        /// The latent decoder graph.
+        latent_file: PathBuf,
+        /// Latent in.
+        latent_in: TensorSpec,
+        /// Image out.
+        image_out: TensorSpec,
+        /// The sampler.
+        sampler: DecoderSampler,
+    },
+}
+
+fn read_text(path: &Path) -> Result<String, ModelError> {
+    std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ModelError> {
+    let text = read_text(path)?;
+    toml::from_str(&text).map_err(|e| manifest_err(path, e.to_string().trim_end().to_string()))
+}
+
+fn check_format(path: &Path, format: u32) -> Result<(), ModelError> {
+    if format == FORMAT {
+        Ok(())
+    } else {
+        Err(manifest_err(
+            path,
+            format!("format = {format}, but this build reads format {FORMAT}"),
+        ))
+    }
+}
+
+fn resolve_file(
+    dir: &Path,
+    file: &mut PathBuf,
+    field: &str,
+    manifest: &Path,
+) -> Result<(), ModelError> {
+    if file.is_relative() {
+        *file = dir.join(&*file);
+    }
+    if file.is_file() {
+        Ok(())
+    } else {
+        Err(manifest_err(
+            manifest,
+            format!("{field} = {}: no such file", file.display()),
+        ))
+    }
+}
+
+fn check_spec(spec: &TensorSpec, field: &str, manifest: &Path) -> Result<(), ModelError> {
+    if spec.name.is_empty() {
+        return Err(manifest_err(manifest, format!("{field}: empty name")));
+    }
+    if spec.shape.is_empty() || spec.shape.iter().any(|&d| d == 0 || d < -1) {
+        return Err(manifest_err(
+            manifest,
+            format!(
+                "{field}: shape {} (dimensions are positive, or -1 for a free one)",
+                shape_str(&spec.shape)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_float(spec: &TensorSpec, field: &str, manifest: &Path) -> Result<(), ModelError> {
+    check_spec(spec, field, manifest)?;
+    if spec.dtype != Dtype::Float32 {
+        return Err(manifest_err(
+            manifest,
+            format!("{field}: dtype {} but it must be float32", spec.dtype),
+        ));
+    }
+    Ok(())
+}
+
+fn must_agree(
+    a: &TensorSpec,
+    af: &str,
+    b: &TensorSpec,
+    bf: &str,
+    manifest: &Path,
+) -> Result<(), ModelError> {
+    if shapes_agree(&a.shape, &b.shape) {
+        Ok(())
+    } else {
+        Err(manifest_err(
+            manifest,
+            format!(
+                "{af} has shape {} but {bf} has {}; they must be equal",
+                shape_str(&a.shape),
+                shape_str(&b.shape)
+            ),
+        ))
+    }
+}
+
+fn check_schedule(
+    s: &ScheduleSpec,
+    steps: usize,
+    field: &str,
+    manifest: &Path,
+) -> Result<(), ModelError> {
+    if steps == 0 || s.train_steps < steps {
+        return Err(manifest_err(
+            manifest,
+            format!(
+                "{field}: {steps} steps over a schedule of {} training steps (need 1 ≤ steps ≤ train_steps)",
+                s.train_steps
+            ),
+        ));
+    }
+    if s.kind == ScheduleKind::Linear
+        && !(s.beta_start > 0.0 && s.beta_start <= s.beta_end && s.beta_end < 1.0)
+    {
+        return Err(manifest_err(
+            manifest,
+            format!(
+                "{field}.schedule: need 0 < beta_start ≤ beta_end < 1, got {} and {}",
+                s.beta_start, s.beta_end
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_guidance(g: f64, seed_field: &str, manifest: &Path) -> Result<(), ModelError> {
+    if g.is_finite() && g >= 0.0 {
+        Ok(())
+    } else {
+        Err(manifest_err(
+            manifest,
+            format!("{seed_field}.guidance = {g}: must be a finite number ≥ 0"),
+        ))
+    }
+}
+
+fn check_index_input(spec: &TensorSpec, field: &str, manifest: &Path) -> Result<(), ModelError> {
+    check_spec(spec, field, manifest)?;
+    if spec.len() != 1 {
+        return Err(manifest_err(
+            manifest,
+            format!(
+                "{field}: shape {} but a timestep is one value ([1])",
+                shape_str(&spec.shape)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl ModelManifest {
+    /// Read `model.toml` (or the given `.toml`) from a model folder.
+    pub fn load(path: &Path) -> Result<ModelManifest, ModelError> {
+        let file = if path.is_dir() {
+            path.join("model.toml")
+        } else {
+            path.to_path_buf()
+        };
+        let mut m: ModelManifest = parse(&file)?;
+        m.path = file.clone();
+        check_format(&file, m.format)?;
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        m.resolve(&dir)?;
+        m.check()?;
+        Ok(m)
+    }
+
+    fn resolve(&mut self, dir: &Path) -> Result<(), ModelError> {
+        let mf = self.path.clone();
+        resolve_file(dir, &mut self.backbone.file, "backbone.file", &mf)?;
+        if let Some(p) = &mut self.prior {
+            resolve_file(dir, &mut p.file, "prior.file", &mf)?;
+        }
+        match &mut self.decoder {
+            Some(DecoderSpec::Onepass { file, .. }) => {
+                resolve_file(dir, file, "decoder.file", &mf)?;
+            }
+            Some(DecoderSpec::Diffusion {
+                denoiser,
+                latent_decoder,
+                ..
+            }) => {
+                resolve_file(dir, &mut denoiser.file, "decoder.denoiser.file", &mf)?;
+                resolve_file(
+                    dir,
+                    &mut latent_decoder.file,
+                    "decoder.latent_decoder.file",
+                    &mf,
+                )?;
+            }
+            None => {}
+        }
+        if let Some(r) = &mut self.retrieval {
+            resolve_file(dir, &mut r.embeddings, "retrieval.embeddings", &mf)?;
+            resolve_file(dir, &mut r.ids, "retrieval.ids", &mf)?;
+            if let Some(images) = &mut r.images {
+                if images.is_relative() {
+                    *images = dir.join(&*images);
+                }
+                if !images.is_dir() {
+                    return Err(manifest_err(
+                        &mf,
+                        format!("retrieval.images = {}: no such folder", images.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        let mf = &self.path;
+        let b = &self.backbone;
+        check_float(&b.input, "backbone.input", mf)?;
+        check_float(&b.tokens, "backbone.tokens", mf)?;
+        if let Some(r) = &b.retrieval {
+            check_float(r, "backbone.retrieval", mf)?;
+        }
+        if let Some(l) = &b.lowlevel {
+            check_float(l, "backbone.lowlevel", mf)?;
+        }
+        if let Some(p) = &self.prior {
+            check_float(&p.sample, "prior.sample", mf)?;
+            check_float(&p.cond, "prior.cond", mf)?;
+            check_float(&p.output, "prior.output", mf)?;
+            check_index_input(&p.timestep, "prior.timestep", mf)?;
+            must_agree(&p.sample, "prior.sample", &b.tokens, "backbone.tokens", mf)?;
+            must_agree(&p.cond, "prior.cond", &b.tokens, "backbone.tokens", mf)?;
+            must_agree(&p.output, "prior.output", &b.tokens, "backbone.tokens", mf)?;
+            check_schedule(&p.schedule, p.sampler.steps, "prior.sampler", mf)?;
+            check_guidance(p.sampler.guidance, "prior.sampler", mf)?;
+            if !(p.sampler.eta >= 0.0 && p.sampler.eta.is_finite()) {
+                return Err(manifest_err(mf, "prior.sampler.eta must be ≥ 0".into()));
+            }
+        }
+        if self.decoder.is_some() {
+            self.decoder_io()?;
+        }
+        if let Some(r) = &self.retrieval
+            && r.top_k == 0
+        {
+            return Err(manifest_err(
+                mf,
+                "retrieval.top_k must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shape of the tokens that condition the decoder (the prior's
+    /// output, which has the backbone's token shape).
+    pub fn token_shape(&self) -> &[i64] {
+        &self.backbone.tokens.shape
+    }
+
+    /// The query the retrieval bank is searched with: the retrieval head
+    /// when there is one, else the flattened tokens.
+    pub fn query_len(&self) -> usize {
+        self.backbone
+            .retrieval
+            .as_ref()
+            .map_or(self.backbone.tokens.len(), TensorSpec::len)
+    }
+
+    /// The decoder's tensors with names resolved to full specs.
+    pub fn decoder_io(&self) -> Result<Option<DecoderIo>, ModelError> {
+        let mf = &self.path;
+        let tokens = self.token_shape();
+        let Some(d) = &self.decoder else {
+            return Ok(None);
+        };
+        let check_image = |image: &ImageSpec| -> Result<(), ModelError> {
+            let s = &image.shape;
+            if s.len() != 4 || s[0] != 1 || !(s[1] == 1 || s[1] == 3) || s[2] < 1 || s[3] < 1 {
+                return Err(manifest_err(
+                    mf,
+                    format!(
+                        "decoder.image.shape = {}: must be [1, C, H, W] with C = 1 or 3",
+                        shape_str(s)
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        Ok(Some(match d {
+            DecoderSpec::Onepass {
+                file,
+                input,
+                output,
+                image,
+            } => {
+                check_image(image)?;
+                let input = input.resolve(tokens, Dtype::Float32, "decoder.input", mf)?;
+                let output = output.resolve(&image.shape, Dtype::Float32, "decoder.output", mf)?;
+                DecoderIo::Onepass {
+                    file: file.clone(),
+                    input,
+                    output,
+                }
+            }
+            DecoderSpec::Diffusion {
+                latent,
+                denoiser,
+                latent_decoder,
+                image,
+                sampler,
+            } => {
+                check_image(image)?;
+                check_float(latent, "decoder.latent", mf)?;
+                let noise_dtype = match sampler {
+                    DecoderSampler::Euler {
+                        steps,
+                        sigma_min,
+                        sigma_max,
+                        rho,
+                        guidance,
+                        ..
+                    } => {
+                        if *steps == 0 {
+                            return Err(manifest_err(
+                                mf,
+                                "decoder.sampler.steps must be ≥ 1".into(),
+                            ));
+                        }
+                        if !(*sigma_min > 0.0 && sigma_min < sigma_max && *rho > 0.0) {
+                            return Err(manifest_err(
+                                mf,
+                                format!(
+                                    "decoder.sampler: need 0 < sigma_min < sigma_max and rho > 0, got {sigma_min}, {sigma_max}, {rho}"
+                                ),
+                            ));
+                        }
+                        check_guidance(*guidance, "decoder.sampler", mf)?;
+                        Dtype::Float32
+                    }
+                    DecoderSampler::Ddim {
+                        steps,
+                        guidance,
+                        schedule,
+                        ..
+                    } => {
+                        check_schedule(schedule, *steps, "decoder.sampler", mf)?;
+                        check_guidance(*guidance, "decoder.sampler", mf)?;
+                        Dtype::Int64
+                    }
+                };
+                let sample = denoiser.sample.resolve(
+                    &latent.shape,
+                    Dtype::Float32,
+                    "decoder.denoiser.sample",
+                    mf,
+                )?;
+                let noise =
+                    denoiser
+                        .noise
+                        .resolve(&[1], noise_dtype, "decoder.denoiser.noise", mf)?;
+                let cond =
+                    denoiser
+                        .cond
+                        .resolve(tokens, Dtype::Float32, "decoder.denoiser.cond", mf)?;
+                let output = denoiser.output.resolve(
+                    &latent.shape,
+                    Dtype::Float32,
+                    "decoder.denoiser.output",
+                    mf,
+                )?;
+                let latent_in = latent_decoder.input.resolve(
+                    &latent.shape,
+                    Dtype::Float32,
+                    "decoder.latent_decoder.input",
+                    mf,
+                )?;
+                let image_out = latent_decoder.output.resolve(
+                    &image.shape,
+                    Dtype::Float32,
+                    "decoder.latent_decoder.output",
+                    mf,
+                )?;
+                DecoderIo::Diffusion {
+                    file: denoiser.file.clone(),
+                    sample,
+                    noise,
+                    cond,
+                    output,
+                    prediction: denoiser.prediction,
+                    latent_file: latent_decoder.file.clone(),
+                    latent_in,
+                    image_out,
+                    sampler: *sampler,
+                }
+            }
+        }))
+    }
+
+    /// The decoded image's `(channels, height, width)`.
+    pub fn image_chw(&self) -> Option<(usize, usize, usize)> {
+        let shape = match &self.decoder {
+            Some(DecoderSpec::Onepass { image, .. })
+            | Some(DecoderSpec::Diffusion { image, .. }) => &image.shape,
+            None => return None,
+        };
+        Some((shape[1] as usize, shape[2] as usize, shape[3] as usize))
+    }
+}
+
+/// `[adapter]` of a subject folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSpec {
+    /// The graph.
+    pub file: PathBuf,
+    /// Voxels in.
+    pub input: TensorSpec,
+    /// Shared latent out.
+    pub output: TensorSpec,
+}
+
+/// A parsed `subject.toml` with absolute paths.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectManifest {
+    /// Manifest version (1).
+    pub format: u32,
+    /// Subject id.
+    pub subject: String,
+    /// Voxels the adapter takes, in the subject's voxel order.
+    pub voxels: usize,
+    /// The adapter.
+    pub adapter: AdapterSpec,
+    /// The subject's mask on the session reference grid, whose voxels in
+    /// `np.where` order are the adapter's input order (optional; the
+    /// calibration session writes it).
+    #[serde(default)]
+    pub mask: Option<PathBuf>,
+    /// The manifest file.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+impl SubjectManifest {
+    /// Read `subject.toml` (or the given `.toml`) from a subject folder.
+    pub fn load(path: &Path) -> Result<SubjectManifest, ModelError> {
+        let file = if path.is_dir() {
+            path.join("subject.toml")
+        } else {
+            path.to_path_buf()
+        };
+        let mut s: SubjectManifest = parse(&file)?;
+        s.path = file.clone();
+        check_format(&file, s.format)?;
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        resolve_file(&dir, &mut s.adapter.file, "adapter.file", &file)?;
+        if let Some(m) = &mut s.mask {
+            resolve_file(&dir, m, "mask", &file)?;
+        }
+        check_float(&s.adapter.input, "adapter.input", &file)?;
+        check_float(&s.adapter.output, "adapter.output", &file)?;
+        if s.voxels == 0 {
+            return Err(manifest_err(&file, "voxels must be at least 1".into()));
+        }
+        if s.adapter.input.len() != s.voxels {
+            return Err(manifest_err(
+                &file,
+                format!(
+                    "adapter.input has shape {} ({} values) but voxels = {}",
+                    shape_str(&s.adapter.input.shape),
+                    s.adapter.input.len(),
+                    s.voxels
+                ),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// Check the adapter's output against the backbone's input.
+    pub fn check_against(&self, model: &ModelManifest) -> Result<(), ModelError> {
+        must_agree(
+            &self.adapter.output,
+            "adapter.output",
+            &model.backbone.input,
+            &format!("the model's backbone.input ({})", model.path.display()),
+            &self.path,
+        )
+    }
+}
+
+/// A float32 spec for names given only as strings (used by tests and the
+/// benchmark's generated folders).
+pub fn float_spec(name: &str, shape: &[i64]) -> TensorSpec {
+    TensorSpec::float(name, shape)
+}
