@@ -2,27 +2,49 @@
 #   make demo   build, then run the simulator feeding the daemon (no arguments, no network)
 #   make test   the whole test suite (format, lints, unit + integration tests)
 # and, for the figures in the README:
-#   make bench  realign and GLM benchmarks next to SimpleITK and nilearn (needs Python 3 + PyPI)
+#   make bench  realign, GLM and decode benchmarks next to SimpleITK and nilearn (needs Python 3 + PyPI)
+#   make ort-gpu  swap in PyPI's onnxruntime-gpu (CUDA/TensorRT) on a GPU machine
+#
+# ONNX Runtime comes from PyPI's wheel into .venv (ort's load-dynamic); the
+# binary finds .venv/lib/python3*/site-packages/onnxruntime/capi by itself.
 
 CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: demo test bench parity-venv clean
+.PHONY: demo test bench parity-venv ort ort-gpu clean
 
-demo:
+ORT_VERSION := 1.31.1
+ORT_STAMP := $(VENV)/.onnxruntime-$(ORT_VERSION)
+
+demo: ort
 	$(CARGO) run --release --quiet -- demo
 
-test:
+test: ort
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) test --release
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet -r tests/parity/requirements.txt
 
-parity-venv: $(VENV)/bin/python
+# The wheel alone: the daemon needs its shared library, not its Python deps.
+$(ORT_STAMP): $(VENV)/bin/python onnx/requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r onnx/requirements.txt
+	touch $@
+
+ort: $(ORT_STAMP)
+
+ort-gpu: $(VENV)/bin/python
+	$(VENV)/bin/pip uninstall --quiet -y onnxruntime || true
+	$(VENV)/bin/pip install --quiet --no-deps onnxruntime-gpu==$(ORT_VERSION)
+	touch $(ORT_STAMP)
+
+$(VENV)/.parity: $(VENV)/bin/python tests/parity/requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/parity/requirements.txt
+	touch $@
+
+parity-venv: $(VENV)/.parity ort
 
 bench: parity-venv
 	$(CARGO) build --release --quiet

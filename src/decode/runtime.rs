@@ -232,20 +232,47 @@ pub fn find_library(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> 
 struct Loaded {
     env: ort::environment::Environment,
     path: PathBuf,
+    version: String,
     cuda: bool,
     tensorrt: bool,
 }
 
 /// ONNX Runtime allows one environment per process; every [`Runtime`]
-/// shares it.
-static LOADED: OnceLock<Result<Loaded, RuntimeError>> = OnceLock::new();
+/// shares it. Only a successful load is kept, so a wrong path tried first
+/// does not spoil a right one tried after.
+static LOADED: OnceLock<Loaded> = OnceLock::new();
+static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The release a library file is, from its name (`libonnxruntime.so.1.31.1`,
+/// or what a plain `libonnxruntime.so` links to). The C API gives only the
+/// API level, which ort checks on load.
+fn version_from_name(path: &Path) -> String {
+    let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    real.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libonnxruntime.so."))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("1.{ORT_MINOR} API or newer"))
+}
 
 fn load(path: &Path) -> Result<Loaded, RuntimeError> {
     let load_err = |message: String| RuntimeError::Load {
         path: path.to_path_buf(),
         message,
     };
-    let builder = ort::init_from(path).map_err(|e| load_err(e.to_string()))?;
+    let builder = ort::init_from(path).map_err(|e| {
+        // libloading keeps dlerror()'s text (bad ELF header, a missing
+        // dependency…) as the error's source; that is the useful part.
+        let mut msg = e.to_string();
+        if let ort::LoadDynamicError::Dlopen { error, .. } = &e {
+            let mut src: Option<&dyn std::error::Error> = std::error::Error::source(error);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+        }
+        load_err(msg)
+    })?;
     let env = builder
         .with_name("boldstream")
         .build()
@@ -255,9 +282,22 @@ fn load(path: &Path) -> Result<Loaded, RuntimeError> {
     Ok(Loaded {
         env,
         path: path.to_path_buf(),
+        version: version_from_name(path),
         cuda,
         tensorrt,
     })
+}
+
+fn loaded(path: &Path) -> Result<&'static Loaded, RuntimeError> {
+    if let Some(l) = LOADED.get() {
+        return Ok(l);
+    }
+    let _guard = LOADING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(l) = LOADED.get() {
+        return Ok(l);
+    }
+    let l = load(path)?;
+    Ok(LOADED.get_or_init(|| l))
 }
 
 /// The provider a graph actually runs on.
@@ -303,10 +343,7 @@ impl Runtime {
     /// requested provider exists in it.
     pub fn new(config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let path = find_library(config.onnxruntime.as_deref())?;
-        let loaded = LOADED
-            .get_or_init(|| load(&path))
-            .as_ref()
-            .map_err(Clone::clone)?;
+        let loaded = loaded(&path)?;
         let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
         if !same(&loaded.path, &path) {
             return Err(RuntimeError::AlreadyLoaded {
@@ -347,9 +384,9 @@ impl Runtime {
         &self.loaded.path
     }
 
-    /// Its version string.
+    /// Its release (from the file name).
     pub fn version(&self) -> String {
-        ort_version()
+        self.loaded.version.clone()
     }
 
     fn announce(&self, msg: String) {
@@ -504,9 +541,6 @@ impl Runtime {
         for s in &inputs {
             check(s, session.inputs(), "input")?;
         }
-        for s in &outputs {
-            check(s, session.outputs(), "output")?;
-        }
         if let Some(extra) = session
             .inputs()
             .iter()
@@ -521,6 +555,9 @@ impl Runtime {
                 "an input the manifest does not feed".into(),
             ));
         }
+        for s in &outputs {
+            check(s, session.outputs(), "output")?;
+        }
         Ok(Graph {
             role,
             path: path.to_path_buf(),
@@ -531,17 +568,6 @@ impl Runtime {
             out_names: Vec::new(),
         })
     }
-}
-
-/// The loaded library's version string (e.g. "1.31.1").
-pub fn ort_version() -> String {
-    let info = ort::info();
-    // "ORT Build Info: git-branch=rel-1.31.1, …" is all the C API offers
-    // besides the API level; the branch names the release.
-    info.split(',')
-        .find_map(|p| p.trim().strip_prefix("ORT Build Info: git-branch=rel-"))
-        .map(str::to_string)
-        .unwrap_or_else(|| info.to_string())
 }
 
 /// One input value for [`Graph::run`].
