@@ -18,8 +18,8 @@ Everything is closed form, so the graphs compute exact posterior means:
   noise floor); lowlevel [1,3,8,8] = the 8x8 block means of m + B'z.
 * prior.onnx (one step, prediction x0): the token model is x0 = Q z,
   z ~ N(0, diag lam); the conditioning is c = x0 + noise of variance
-  sigma_c^2 (sigma_c^2 = the adapter's cross-validated error per latent
-  coordinate); x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with the linear
+  sigma_c^2 (sigma_c^2 = the adapter's mean cross-validated squared error
+  per latent coordinate); x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with the linear
   schedule (1000 steps, 1e-4..0.02). The output is E[x0 | x_t, c]: in Q
   coordinates u = Q'x_t, v = Q'c,
       z0 = (sqrt(abar)/(1-abar) u + v/sigma_c^2) / (1/lam + abar/(1-abar) + 1/sigma_c^2),
@@ -38,7 +38,8 @@ Everything is closed form, so the graphs compute exact posterior means:
   difference-of-Gaussians receptive fields and colour tuning, responses
   G z + noise (per-voxel SNR SNR); REPS noisy presentations of each training
   stimulus; N_TEST stimuli are held out of the adapter's training and
-  presented once each (test_betas.npy, test_ids.txt). Betas are z-scored per
+  presented once each (test_betas.npy, test_ids.txt; test_expected.toml holds
+  each trial's expected top-5 retrieval, computed in float64). Betas are z-scored per
   voxel with the training trials' statistics. adapter.onnx is a ridge
   regression voxels -> latent (one ridge penalty per latent coordinate,
   chosen by 5-fold cross-validation grouped by stimulus).
@@ -56,6 +57,7 @@ import math
 import pathlib
 import struct
 import sys
+import tomllib
 import zlib
 
 import numpy as np
@@ -488,10 +490,33 @@ def build(out):
     (out / "model.toml").write_text(model_toml(onepass=False))
     (out / "model_onepass.toml").write_text(model_toml(onepass=True))
     (sub / "subject.toml").write_text(SUBJECT_TOML)
+    (sub / "test_expected.toml").write_text(
+        expected_retrieval(betas_test.astype(np.float32), weights, bias, w_ret, emb.astype(np.float32), ids, test))
     return dict(images=images, Z=Z, lam=lam, var_all=var_all, Q=Q, basis=basis, test=test,
                 n_train=len(train), betas_test=betas_test, weights=weights, bias=bias,
                 penalties=penalties, sigma_c2=sigma_c2,
                 shapes=[s[1] for s in stims], textures=[s[2] for s in stims])
+
+
+def expected_retrieval(betas, weights, bias, w_ret, bank, ids, test, top_k=5):
+    """TOML text: each test trial's top-k bank ids and its stimulus's rank, computed in float64."""
+    latents = betas.astype(np.float64) @ weights + bias
+    emb = latents * w_ret
+    emb /= np.sqrt((emb ** 2).sum(1, keepdims=True) + 1e-12)
+    sims = emb @ bank.T.astype(np.float64)
+    ranks = (sims > sims[np.arange(len(test)), test][:, None]).sum(1)
+    lines = ["# Retrieval expected from test_betas.npy through adapter.onnx and the backbone's retrieval",
+             "# head against ../bank (cosine similarity, float64). rank: how many bank entries score above",
+             "# the trial's own stimulus (0 = retrieved first). min_gap: the smallest difference between",
+             "# consecutive similarities among the best top_k + 1, i.e. how robust the order is to rounding.",
+             f"top_k = {top_k}", f"top1_accuracy = {float(np.mean(ranks == 0))!r}",
+             f"top{top_k}_accuracy = {float(np.mean(ranks < top_k))!r}"]
+    for i, t in enumerate(test):
+        order = np.argsort(-sims[i], kind="stable")[:top_k + 1]
+        lines += ["", "[[trial]]", f'id = "{ids[t]}"', f"rank = {int(ranks[i])}",
+                  "top = [" + ", ".join(f'"{ids[j]}"' for j in order[:top_k]) + "]",
+                  f"min_gap = {np.diff(-sims[i, order]).min():.3e}"]
+    return "\n".join(lines) + "\n"
 
 
 def block_mean_matrix():
@@ -534,10 +559,9 @@ def self_check(out, info):
     fig = {}
 
     # 1. graphs against their numpy definitions
-    sess_q = info["Q"]
-    dev = {}
+    Q, dev = info["Q"], {}
     tok, ret, low = run("backbone", latent=f32(Z[:1]))
-    dev["backbone tokens"] = np.abs(tok.reshape(1, -1) - Z[:1] @ sess_q.T).max() / np.abs(tok).max()
+    dev["backbone tokens"] = np.abs(tok.reshape(1, -1) - Z[:1] @ Q.T).max() / np.abs(tok).max()
     dev["backbone retrieval vs bank"] = max(
         np.abs(run("backbone", latent=f32(Z[i:i + 1]))[1][0] - bank[i]).max() for i in range(N_STIM))
     pca0 = images.reshape(N_STIM, -1).mean(0) + Z[0] @ info["basis"]
@@ -545,17 +569,17 @@ def self_check(out, info):
                                       .mean((2, 4)).ravel()).max()
     prng = np.random.default_rng(1)
     for t in (0, 500, 999):
-        x, c = f32(prng.standard_normal((1, TOK_T, TOK_D))), f32(Z[3] @ sess_q.T).reshape(1, TOK_T, TOK_D)
-        u, v = x.reshape(1, -1) @ sess_q, c.reshape(1, -1) @ sess_q
+        x, c = f32(prng.standard_normal((1, TOK_T, TOK_D))), f32(Z[3] @ Q.T).reshape(1, TOK_T, TOK_D)
+        u, v = x.reshape(1, -1) @ Q, c.reshape(1, -1) @ Q
         a = abar[t]
         for name, cc, on in (("cond", c, 1.0), ("uncond", np.zeros_like(c), 0.0)):
             want = ((math.sqrt(a) / (1 - a) * u + on * v / sigma_c2)
-                    / (1 / lam + a / (1 - a) + on / sigma_c2)) @ sess_q.T
+                    / (1 / lam + a / (1 - a) + on / sigma_c2)) @ Q.T
             got = run("prior", x_t=x, t=np.array([t], np.int64), cond=f32(cc))[0].reshape(1, -1)
             dev[f"prior t={t} {name}"] = np.abs(got - want).max() / np.abs(want).max()
     for s in (80.0, 1.0, 0.002):
-        zt, c = Z[5:6] + s * prng.standard_normal((1, L)), f32(Z[5] @ sess_q.T).reshape(1, TOK_T, TOK_D)
-        v = c.reshape(1, -1) @ sess_q
+        zt, c = Z[5:6] + s * prng.standard_normal((1, L)), f32(Z[5] @ Q.T).reshape(1, TOK_T, TOK_D)
+        v = c.reshape(1, -1) @ Q
         for name, cc, on in (("cond", c, 1.0), ("uncond", np.zeros_like(c), 0.0)):
             want = (zt / s ** 2 + on * v / SIGMA_D ** 2) / (1 / lam + 1 / s ** 2 + on / SIGMA_D ** 2)
             got = run("decoder_step", z_t=f32(zt), sigma=f32([s]), cond=f32(cc))[0]
@@ -564,6 +588,10 @@ def self_check(out, info):
     for i, img in zip(ids, images):   # the hand-written PNGs decode to the stimuli
         png = np.asarray(Image.open(out / "bank" / "images" / f"{i}.png").convert("RGB"), np.float64)
         assert np.abs(png.transpose(2, 0, 1) / 255 - img).max() <= 0.5 / 255 + 1e-9, i
+    betas = np.load(out / "subject-sim01" / "test_betas.npy")
+    latents = np.array([run("adapter", voxels=betas[i:i + 1])[0][0] for i in range(N_TEST)])
+    want = info["betas_test"] @ info["weights"] + info["bias"]
+    dev["adapter"] = np.abs(latents - want).max() / np.abs(want).max()
     dev["latent_decoder vs exact PCA (float16 basis)"] = np.abs(
         pca_images - np.clip(images.reshape(N_STIM, -1).mean(0) + Z @ info["basis"], 0, 1)
         .reshape(images.shape)).max()
@@ -599,14 +627,15 @@ def self_check(out, info):
     fig["true_diff_corr"] = np.mean([pixel_corr(true[i][1], images[i]) for i in range(N_STIM)])
     fig["true_onepass_corr"] = np.mean([pixel_corr(true[i][2], images[i]) for i in range(N_STIM)])
 
-    betas = np.load(out / "subject-sim01" / "test_betas.npy")
     test_ids = (out / "subject-sim01" / "test_ids.txt").read_text().split()
     assert [ids.index(i) for i in test_ids] == list(test)
-    latents = np.array([run("adapter", voxels=betas[i:i + 1])[0][0] for i in range(N_TEST)])
-    dev_adapter = np.abs(latents - (info["betas_test"] @ info["weights"] + info["bias"])).max()
-    assert dev_adapter < 1e-3, dev_adapter
     brain = [reconstruct(latents[i:i + 1]) for i in range(N_TEST)]
-    ranks = np.array([(bank @ brain[i][0] > bank[test[i]] @ brain[i][0]).sum() for i in range(N_TEST)])
+    sims = np.array([bank @ brain[i][0] for i in range(N_TEST)])
+    ranks = (sims > sims[np.arange(N_TEST), test][:, None]).sum(1)
+    expected = tomllib.loads((out / "subject-sim01" / "test_expected.toml").read_text())
+    assert [t["rank"] for t in expected["trial"]] == list(ranks)
+    assert all([ids[j] for j in np.argsort(-sims[i], kind="stable")[:5]] == t["top"]
+               for i, t in enumerate(expected["trial"]))
     fig["top1"], fig["top5"] = np.mean(ranks == 0), np.mean(ranks < 5)
     fig["latent_r2"] = 1 - ((latents - Z[test]) ** 2).sum() / ((Z[test] - Z[test].mean(0)) ** 2).sum()
     for k, path in ((1, "diff"), (2, "onepass")):
@@ -645,7 +674,11 @@ Details of each graph are in the script's docstring.
   head of each stimulus's true latent).
 - `subject-sim01/`: `subject.toml`, `adapter.onnx` (ridge, {V} voxels → {L}),
   `test_betas.npy` ({N_TEST}×{V} float32 z-scored single-trial betas of {N_TEST} stimuli
-  held out of the adapter's training) and `test_ids.txt` (their stimulus ids, in order).
+  held out of the adapter's training), `test_ids.txt` (their stimulus ids, in order)
+  and `test_expected.toml` (each trial's expected top-5 bank ids and the rank of its
+  own stimulus, through adapter and retrieval head in float64, with the smallest
+  similarity gap so a test knows how robust the order is; retrieval involves no
+  sampling, so Rust should reproduce it exactly).
 
 ## How it was built
 
@@ -704,9 +737,10 @@ def main():
     print(f"built {out}; PCA {L} components explain {100 * info['lam'].sum() / info['var_all'].sum():.1f} % "
           f"of the pixel variance; sigma_c^2 = {info['sigma_c2']:.4f}")
     fig = self_check(out, info)
-    for k, v in fig.items():
-        print(f"  {k:22s} {v:.4f}")
-    (out / "README.md").write_text(readme(out, info, fig))
+    text = readme(out, info, fig)
+    (out / "README.md").write_text(text)
+    print("\n".join(line for line in text.split("## Self-check figures")[1].split("## Files")[0].splitlines()
+                    if line.startswith("| ") and not line.startswith(("| |", "| ---"))))
 
 
 if __name__ == "__main__":
