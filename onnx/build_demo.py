@@ -46,7 +46,8 @@ Everything is closed form, so the graphs compute exact posterior means:
 * model.toml (diffusion decoder), model_onepass.toml (one-pass decoder),
   subject-sim01/subject.toml, README.md (with the self-check figures).
 
-The self-check loads every graph with onnxruntime, checks them against
+The self-check loads every graph with onnxruntime, checks that the manifests
+name their real inputs and outputs, checks the graphs against
 their numpy definitions, samples reconstructions with the reference samplers
 of tests/parity/samplers.py (DDIM for the prior, Euler for the decoder, noise
 from numpy seeded with the manifest's seed, not ChaCha8) and prints the
@@ -557,6 +558,39 @@ def self_check(out, info):
                                    SCHEDULE["beta_end"])
     sigma_c2 = info["sigma_c2"]
     fig = {}
+
+    # 0. the manifests name the graphs' real inputs and outputs
+    def io(name):
+        sess = sessions[name]
+        return {t.name: (t.shape, t.type) for t in sess.get_inputs() + sess.get_outputs()}
+
+    def declared(graph, spec):
+        assert io(graph)[spec["name"]] == (spec["shape"], f"tensor({spec['dtype'].replace('32', '')})"), spec
+
+    for manifest in ("model.toml", "model_onepass.toml"):
+        m = tomllib.loads((out / manifest).read_text())
+        for role, keys in (("backbone", ("input", "tokens", "retrieval", "lowlevel")),
+                           ("prior", ("sample", "timestep", "cond", "output"))):
+            for key in keys:
+                declared(pathlib.Path(m[role]["file"]).stem, m[role][key])
+        dec = m["decoder"]
+        if dec["kind"] == "onepass":
+            declared(pathlib.Path(dec["file"]).stem, dec["input"])
+            declared(pathlib.Path(dec["file"]).stem, dec["output"])
+        else:
+            step, lat = pathlib.Path(dec["denoiser"]["file"]).stem, pathlib.Path(dec["latent_decoder"]["file"]).stem
+            tok = m["backbone"]["tokens"]["shape"]
+            assert io(step) == {dec["denoiser"]["sample"]: (dec["latent"]["shape"], "tensor(float)"),
+                                dec["denoiser"]["noise"]: ([1], "tensor(float)"),
+                                dec["denoiser"]["cond"]: (tok, "tensor(float)"),
+                                dec["denoiser"]["output"]: (dec["latent"]["shape"], "tensor(float)")}
+            assert io(lat) == {dec["latent_decoder"]["input"]: (dec["latent"]["shape"], "tensor(float)"),
+                               dec["latent_decoder"]["output"]: (dec["image"]["shape"], "tensor(float)")}
+        assert np.load(out / m["retrieval"]["embeddings"]).shape == (N_STIM, m["backbone"]["retrieval"]["shape"][1])
+    subject = tomllib.loads((out / "subject-sim01" / "subject.toml").read_text())
+    declared("adapter", subject["adapter"]["input"])
+    declared("adapter", subject["adapter"]["output"])
+    assert subject["adapter"]["output"] == m["backbone"]["input"] and subject["voxels"] == V
 
     # 1. graphs against their numpy definitions
     Q, dev = info["Q"], {}
