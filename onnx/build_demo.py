@@ -694,9 +694,10 @@ def readme(out, info, fig):
 
 Built by `python onnx/build_demo.py` (numpy + onnx, seed {SEED}; rerunning
 rewrites identical files; the self-check at the end needs onnxruntime). A
-closed-form model in the shape of the decode contract (onnx/README.md): every
-graph computes an exact linear-Gaussian posterior mean, so the sampling loops
-in Rust can be tested end to end on a model whose right answer is known.
+closed-form model in the shape of the decode contract (onnx/README.md): the
+backbone and image decoders are linear maps and the prior and decoder steps
+compute exact linear-Gaussian posterior means, so the sampling loops in Rust
+can be tested end to end on a model whose right answer is known.
 Details of each graph are in the script's docstring.
 
 - `model.toml`: adapter → backbone → prior (DDIM, {PRIOR_SAMPLER['steps']} steps, x0 prediction) →
