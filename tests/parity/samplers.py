@@ -225,7 +225,7 @@ def write_fixtures(out_dir):
         dev32 = float(np.max(np.abs(final32.astype(np.float64) - final)))
         scale = float(np.max(np.abs(final)))
 
-        lines = [f"# Sampler fixture, written by tests/parity/samplers.py; format in README.md.",
+        lines = ["# Sampler fixture, written by tests/parity/samplers.py; format in README.md.",
                  f'name = "{name}"', f'sampler = "{sampler}"', f'prediction = "{cfg["prediction"]}"',
                  f"steps = {cfg['steps']}", f"guidance = {cfg['guidance']!r}"]
         if sampler == "ddim":
