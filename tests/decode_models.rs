@@ -105,7 +105,16 @@ fn the_demo_folder_loads() {
 fn a_wrong_input_name_names_the_graph_and_what_it_has() {
     let f = edited(&[(r#"name = "latent""#, r#"name = "latnt""#)], &[]);
     let e = load(&f).unwrap_err();
-    assert!(matches!(e, ModelError::Mismatch { role: "backbone", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ModelError::Mismatch {
+                role: "backbone",
+                ..
+            }
+        ),
+        "{e}"
+    );
     contains_all(&e.to_string(), &["backbone.onnx", "`latnt`", "`latent`"]);
 }
 
@@ -113,7 +122,10 @@ fn a_wrong_input_name_names_the_graph_and_what_it_has() {
 fn a_wrong_output_name_is_caught() {
     let f = edited(&[(r#"name = "x0""#, r#"name = "x_0""#)], &[]);
     let e = load(&f).unwrap_err();
-    assert!(matches!(e, ModelError::Mismatch { role: "prior", .. }), "{e}");
+    assert!(
+        matches!(e, ModelError::Mismatch { role: "prior", .. }),
+        "{e}"
+    );
     contains_all(&e.to_string(), &["output `x_0`", "prior.onnx"]);
 }
 
@@ -123,7 +135,10 @@ fn a_wrong_shape_against_the_graph_is_caught() {
     // against the backbone graph.
     let f = edited(
         &[
-            ("tokens = { name = \"tokens\", shape = [1, 16, 32]", "tokens = { name = \"tokens\", shape = [1, 32, 16]"),
+            (
+                "tokens = { name = \"tokens\", shape = [1, 16, 32]",
+                "tokens = { name = \"tokens\", shape = [1, 32, 16]",
+            ),
             ("x_t\", shape = [1, 16, 32]", "x_t\", shape = [1, 32, 16]"),
             ("cond\", shape = [1, 16, 32]", "cond\", shape = [1, 32, 16]"),
             ("x0\", shape = [1, 16, 32]", "x0\", shape = [1, 32, 16]"),
@@ -131,44 +146,89 @@ fn a_wrong_shape_against_the_graph_is_caught() {
         &[],
     );
     let e = load(&f).unwrap_err();
-    assert!(matches!(e, ModelError::Mismatch { role: "backbone", .. }), "{e}");
-    contains_all(&e.to_string(), &["`tokens` shape", "[1, 32, 16]", "[1, 16, 32]"]);
+    assert!(
+        matches!(
+            e,
+            ModelError::Mismatch {
+                role: "backbone",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    contains_all(
+        &e.to_string(),
+        &["`tokens` shape", "[1, 32, 16]", "[1, 16, 32]"],
+    );
 }
 
 #[test]
 fn shapes_that_disagree_between_roles_are_caught_before_any_graph_loads() {
-    let f = edited(&[("x_t\", shape = [1, 16, 32]", "x_t\", shape = [1, 16, 31]")], &[]);
+    let f = edited(
+        &[("x_t\", shape = [1, 16, 32]", "x_t\", shape = [1, 16, 31]")],
+        &[],
+    );
     let e = load(&f).unwrap_err();
     assert!(matches!(e, ModelError::Manifest { .. }), "{e}");
-    contains_all(&e.to_string(), &["prior.sample", "backbone.tokens", "model.toml"]);
+    contains_all(
+        &e.to_string(),
+        &["prior.sample", "backbone.tokens", "model.toml"],
+    );
 }
 
 #[test]
 fn a_wrong_dtype_is_caught() {
-    let f = edited(&[(r#"shape = [1], dtype = "int64""#, r#"shape = [1], dtype = "float32""#)], &[]);
+    let f = edited(
+        &[(
+            r#"shape = [1], dtype = "int64""#,
+            r#"shape = [1], dtype = "float32""#,
+        )],
+        &[],
+    );
     let e = load(&f).unwrap_err();
-    assert!(matches!(e, ModelError::Mismatch { role: "prior", .. }), "{e}");
+    assert!(
+        matches!(e, ModelError::Mismatch { role: "prior", .. }),
+        "{e}"
+    );
     contains_all(&e.to_string(), &["`t` dtype", "float32", "int64"]);
 }
 
 #[test]
 fn the_adapter_voxel_count_must_match_the_graph_and_the_session() {
     // Manifest says 1999 voxels everywhere; the graph takes 2000.
-    let f = edited(&[], &[("voxels = 2000", "voxels = 1999"), ("[1, 2000]", "[1, 1999]")]);
+    let f = edited(
+        &[],
+        &[
+            ("voxels = 2000", "voxels = 1999"),
+            ("[1, 2000]", "[1, 1999]"),
+        ],
+    );
     let e = load(&f).unwrap_err();
-    assert!(matches!(e, ModelError::Mismatch { role: "adapter", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ModelError::Mismatch {
+                role: "adapter",
+                ..
+            }
+        ),
+        "{e}"
+    );
     contains_all(&e.to_string(), &["adapter.onnx", "[1, 1999]", "[1, 2000]"]);
 
     // voxels disagreeing with the adapter's input shape.
     let f = edited(&[], &[("voxels = 2000", "voxels = 2001")]);
     let e = load(&f).unwrap_err();
-    contains_all(&e.to_string(), &["subject.toml", "voxels = 2001", "2000 values"]);
+    contains_all(
+        &e.to_string(),
+        &["subject.toml", "voxels = 2001", "2000 values"],
+    );
 
     // A session mask of another size: refused before the session starts…
     let f = edited(&[], &[]);
     let tmp = tempfile::tempdir().unwrap();
     let mask_path = tmp.path().join("mask.nii.gz");
-    let grid = boldstream::volume::Grid::new([20, 10, 10], [3.0; 3]);
+    let grid = boldstream::volume::Grid::centred([20, 10, 10], [3.0; 3]);
     let mut mask = boldstream::volume::Volume::zeros(grid);
     for v in mask.values_mut().iter_mut().take(1500) {
         *v = 1.0;
@@ -181,26 +241,45 @@ fn the_adapter_voxel_count_must_match_the_graph_and_the_session() {
     };
     let e = config.preflight(Some(&mask_path)).unwrap_err();
     assert!(
-        matches!(e, ModelError::VoxelCount { adapter: 2000, mask: 1500, .. }),
+        matches!(
+            e,
+            ModelError::VoxelCount {
+                adapter: 2000,
+                mask: 1500,
+                ..
+            }
+        ),
         "{e}"
     );
     // …and a beta of the wrong length is an error, not a panic.
     let mut set = load(&f).unwrap();
     let e = set.fast.run(&vec![0.0; 1500]).unwrap_err();
-    assert!(matches!(e, ModelError::VoxelCount { mask: 1500, .. }), "{e}");
+    assert!(
+        matches!(e, ModelError::VoxelCount { mask: 1500, .. }),
+        "{e}"
+    );
 }
 
 #[test]
 fn adapter_and_backbone_must_agree() {
     let f = edited(&[], &[("[1, 64]", "[1, 63]")]);
     let e = load(&f).unwrap_err();
-    contains_all(&e.to_string(), &["adapter.output", "[1, 63]", "backbone.input"]);
+    contains_all(
+        &e.to_string(),
+        &["adapter.output", "[1, 63]", "backbone.input"],
+    );
 }
 
 #[test]
 fn missing_and_unloadable_graphs_are_named() {
-    let f = edited(&[(r#"file = "prior.onnx""#, r#"file = "priors.onnx""#)], &[]);
-    contains_all(&err_text(&f), &["prior.file", "priors.onnx", "no such file"]);
+    let f = edited(
+        &[(r#"file = "prior.onnx""#, r#"file = "priors.onnx""#)],
+        &[],
+    );
+    contains_all(
+        &err_text(&f),
+        &["prior.file", "priors.onnx", "no such file"],
+    );
 
     let f = edited(&[], &[]);
     std::fs::write(f.model.join("prior.onnx"), b"not a protobuf at all").unwrap();
@@ -212,9 +291,15 @@ fn missing_and_unloadable_graphs_are_named() {
 #[test]
 fn a_graph_in_the_wrong_role_is_caught() {
     // The backbone graph given as the prior: its input is not `x_t`.
-    let f = edited(&[(r#"file = "prior.onnx""#, r#"file = "backbone.onnx""#)], &[]);
+    let f = edited(
+        &[(r#"file = "prior.onnx""#, r#"file = "backbone.onnx""#)],
+        &[],
+    );
     let e = load(&f).unwrap_err();
-    assert!(matches!(e, ModelError::Mismatch { role: "prior", .. }), "{e}");
+    assert!(
+        matches!(e, ModelError::Mismatch { role: "prior", .. }),
+        "{e}"
+    );
     contains_all(&e.to_string(), &["input `x_t`", "`latent`"]);
 }
 
@@ -226,7 +311,9 @@ fn a_graph_needing_an_input_the_manifest_does_not_feed_is_caught() {
     copy_dir(&demo(), &root);
     let text = std::fs::read_to_string(root.join("model_onepass.toml")).unwrap();
     let start = text.find("[decoder]").unwrap();
-    let end = text[start..].find("[retrieval]").map_or(text.len(), |i| start + i);
+    let end = text[start..]
+        .find("[retrieval]")
+        .map_or(text.len(), |i| start + i);
     let decoder = "[decoder]\nkind = \"onepass\"\nfile = \"prior.onnx\"\ninput = \"x_t\"\noutput = \"x0\"\nimage = { shape = [1, 3, 64, 64] }\n\n";
     std::fs::write(
         root.join("model.toml"),
@@ -234,7 +321,16 @@ fn a_graph_needing_an_input_the_manifest_does_not_feed_is_caught() {
     )
     .unwrap();
     let e = ModelSet::load(&runtime(), &root, &root.join("subject-sim01"), None).unwrap_err();
-    assert!(matches!(e, ModelError::Mismatch { role: "decoder", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ModelError::Mismatch {
+                role: "decoder",
+                ..
+            }
+        ),
+        "{e}"
+    );
     contains_all(&e.to_string(), &["input `t`", "does not feed"]);
 }
 
@@ -244,8 +340,17 @@ fn manifest_typos_and_versions_are_refused_with_the_field() {
     contains_all(&err_text(&f), &["model.toml", "predicton"]);
     let f = edited(&[("format = 1", "format = 2")], &[]);
     contains_all(&err_text(&f), &["format = 2", "format 1"]);
-    let f = edited(&[(r#"kind = "ddim", steps = 20"#, r#"kind = "ddim", steps = 2000"#)], &[]);
-    contains_all(&err_text(&f), &["prior.sampler", "2000 steps", "1000 training steps"]);
+    let f = edited(
+        &[(
+            r#"kind = "ddim", steps = 20"#,
+            r#"kind = "ddim", steps = 2000"#,
+        )],
+        &[],
+    );
+    contains_all(
+        &err_text(&f),
+        &["prior.sampler", "2000 steps", "1000 training steps"],
+    );
 }
 
 #[test]
@@ -278,7 +383,10 @@ fn a_missing_or_foreign_onnxruntime_says_what_to_do() {
     };
     let e = Runtime::new(&missing).unwrap_err();
     assert!(matches!(e, RuntimeError::NotFound { .. }), "{e}");
-    contains_all(&e.to_string(), &["/nonexistent", "pip install onnxruntime==1.31.1"]);
+    contains_all(
+        &e.to_string(),
+        &["/nonexistent", "pip install onnxruntime==1.31.1"],
+    );
 
     let tmp = tempfile::tempdir().unwrap();
     let empty = RuntimeConfig {
@@ -382,7 +490,12 @@ fn reconstructions_are_deterministic_per_seed_and_record_it() {
     assert_eq!((r3.prior_seed, r3.decoder_seed), (7, 7));
     assert_ne!(r1.image, r3.image);
     // The one-pass decoder variant decodes too.
-    let one = ModelSet::load(&runtime(), &f.model.join("model_onepass.toml"), &f.subject, None);
+    let one = ModelSet::load(
+        &runtime(),
+        &f.model.join("model_onepass.toml"),
+        &f.subject,
+        None,
+    );
     let r4 = one.unwrap().recon.unwrap().run(&tokens).unwrap();
     assert_eq!(r4.image.len(), 3 * 64 * 64);
     assert_eq!(r4.decoder_steps.len(), 1);
@@ -456,7 +569,10 @@ fn policy_run(policy: ReconPolicy, max_queue: usize) -> (Vec<usize>, Vec<(usize,
                 recon.push(r.trial);
             }
             PipelineEvent::DecodeSkipped {
-                trial, what, reason, ..
+                trial,
+                what,
+                reason,
+                ..
             } => {
                 assert_eq!(*what, "reconstruction");
                 skipped.push((*trial, reason.clone()));
@@ -465,8 +581,15 @@ fn policy_run(policy: ReconPolicy, max_queue: usize) -> (Vec<usize>, Vec<(usize,
         }
     }
     assert_eq!(ready, 1);
-    assert_eq!(decoded, 5, "every beta gets its fast decode whatever the policy");
-    assert_eq!(recon.len() + skipped.len(), 5, "every trial is reconstructed or reported");
+    assert_eq!(
+        decoded, 5,
+        "every beta gets its fast decode whatever the policy"
+    );
+    assert_eq!(
+        recon.len() + skipped.len(),
+        5,
+        "every trial is reconstructed or reported"
+    );
     assert_eq!(counts.reconstructed as usize, recon.len());
     assert_eq!(counts.skipped as usize, skipped.len());
     (recon, skipped)
@@ -504,4 +627,43 @@ fn skip_policy_reports_every_trial_that_found_the_worker_busy() {
     let trials: Vec<usize> = skipped.iter().map(|s| s.0).collect();
     assert_eq!(trials, vec![2, 3, 4, 5]);
     assert!(skipped.iter().all(|s| s.1.contains("busy")));
+}
+
+#[derive(serde::Deserialize)]
+struct Expected {
+    top_k: usize,
+    trial: Vec<ExpectedTrial>,
+}
+
+#[derive(serde::Deserialize)]
+struct ExpectedTrial {
+    id: String,
+    rank: usize,
+    top: Vec<String>,
+}
+
+#[test]
+fn retrieval_ranks_equal_the_float64_reference() {
+    // onnx/build_demo.py ranks the same betas through the same graphs in
+    // float64; every top-k gap there is ≥ 2.5e-3, far above float32 error.
+    let dir = demo().join("subject-sim01");
+    let expected: Expected =
+        toml::from_str(&std::fs::read_to_string(dir.join("test_expected.toml")).unwrap()).unwrap();
+    let (betas, n, v) = npy(&dir.join("test_betas.npy"));
+    assert_eq!(expected.trial.len(), n);
+    let f = edited(&[], &[]);
+    let mut set = load(&f).unwrap();
+    for (i, t) in expected.trial.iter().enumerate() {
+        let out = set.fast.run(&betas[i * v..(i + 1) * v]).unwrap();
+        let ids: Vec<&str> = out.top.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(ids.len(), expected.top_k);
+        assert_eq!(ids, t.top, "trial {i} ({})", t.id);
+        let bank = set.fast.bank().unwrap();
+        assert_eq!(
+            bank.rank_of(&out.query, &t.id),
+            Some(t.rank + 1),
+            "trial {i}"
+        );
+        assert!(out.top.windows(2).all(|w| w[0].score >= w[1].score));
+    }
 }

@@ -126,7 +126,11 @@ fn run(f: &Fixture) -> (f64, f64) {
             let ours = karras_sigmas(r.steps, r.sigma_min, r.sigma_max, r.rho);
             let theirs = f.sigmas.as_ref().unwrap();
             for (a, b) in ours.iter().zip(theirs) {
-                assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{}: sigma {a} vs {b}", f.name);
+                assert!(
+                    (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                    "{}: sigma {a} vs {b}",
+                    f.name
+                );
             }
             sample_euler(&r, len, &cond, &mut noise, &mut denoise).unwrap()
         }
@@ -143,10 +147,23 @@ fn run(f: &Fixture) -> (f64, f64) {
                 beta_end: s.beta_end.unwrap_or(0.02),
             };
             let sched = DiscreteSchedule::new(&spec);
-            assert_eq!(&sched.timesteps(f.steps), f.timesteps.as_ref().unwrap(), "{}", f.name);
-            for (t, ab) in sched.timesteps(f.steps).iter().zip(f.alphas_cumprod.as_ref().unwrap()) {
+            assert_eq!(
+                &sched.timesteps(f.steps),
+                f.timesteps.as_ref().unwrap(),
+                "{}",
+                f.name
+            );
+            for (t, ab) in sched
+                .timesteps(f.steps)
+                .iter()
+                .zip(f.alphas_cumprod.as_ref().unwrap())
+            {
                 let ours = sched.alpha_bar(*t);
-                assert!((ours - ab).abs() <= 1e-12, "{}: alpha_bar({t}) {ours} vs {ab}", f.name);
+                assert!(
+                    (ours - ab).abs() <= 1e-12,
+                    "{}: alpha_bar({t}) {ours} vs {ab}",
+                    f.name
+                );
             }
             let r = DiscreteRun {
                 kind: if kind == "ddim" {
@@ -165,7 +182,12 @@ fn run(f: &Fixture) -> (f64, f64) {
     trajectory.push(result);
     let per_step = if f.guidance == 1.0 { 1 } else { 2 };
     assert_eq!(calls, f.steps * per_step, "{}: model calls", f.name);
-    assert_eq!(trajectory.len(), f.trajectory.len(), "{}: steps recorded", f.name);
+    assert_eq!(
+        trajectory.len(),
+        f.trajectory.len(),
+        "{}: steps recorded",
+        f.name
+    );
     let mut err = 0f64;
     for (ours, theirs) in trajectory.iter().zip(&f.trajectory) {
         for (a, b) in ours.iter().zip(theirs) {
@@ -190,11 +212,17 @@ fn every_sampler_matches_the_reference_step_by_step() {
     // Every sampler with every prediction it takes, guided and not.
     for s in ["ddim", "ddpm"] {
         for p in ["x0", "eps", "v"] {
-            assert!(seen.iter().any(|(a, b, _)| a == s && b == p), "no {s}/{p} case");
+            assert!(
+                seen.iter().any(|(a, b, _)| a == s && b == p),
+                "no {s}/{p} case"
+            );
         }
     }
     for s in ["ddim", "ddpm", "euler"] {
-        assert!(seen.iter().any(|(a, _, g)| a == s && *g), "no guided {s} case");
+        assert!(
+            seen.iter().any(|(a, _, g)| a == s && *g),
+            "no guided {s} case"
+        );
     }
 }
 
@@ -203,7 +231,10 @@ fn a_wrong_sampler_would_fail_these_fixtures() {
     // Guard against a vacuous comparison: perturb the reference and the
     // same check must fail.
     let mut all = fixtures();
-    let f = all.iter_mut().find(|f| f.name == "ddim_linear_x0_eta0_g1").unwrap();
+    let f = all
+        .iter_mut()
+        .find(|f| f.name == "ddim_linear_x0_eta0_g1")
+        .unwrap();
     f.model.b += 0.05;
     let (err, tol) = run(f);
     assert!(err > tol, "a different model still matched: {err} <= {tol}");

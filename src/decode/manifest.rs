@@ -336,8 +336,10 @@ pub enum DecoderSpec {
         input: TensorRef,
         /// Image out.
         output: TensorRef,
-        /// The image's shape `[1, 3, H, W]`.
-        image: ImageSpec,
+        /// The image's shape `[1, 3, H, W]` (default: `output`'s, when
+        /// given in full).
+        #[serde(default)]
+        image: Option<ImageSpec>,
     },
     /// A denoising step plus a latent decoder.
     Diffusion {
@@ -805,7 +807,8 @@ impl ModelManifest {
                 output,
                 image,
             } => {
-                check_image(image)?;
+                let image = onepass_image(image.as_ref(), output, mf)?;
+                check_image(&image)?;
                 let input = input.resolve(tokens, Dtype::Float32, "decoder.input", mf)?;
                 let output = output.resolve(&image.shape, Dtype::Float32, "decoder.output", mf)?;
                 DecoderIo::Onepass {
@@ -911,11 +914,33 @@ impl ModelManifest {
     /// The decoded image's `(channels, height, width)`.
     pub fn image_chw(&self) -> Option<(usize, usize, usize)> {
         let shape = match &self.decoder {
-            Some(DecoderSpec::Onepass { image, .. })
-            | Some(DecoderSpec::Diffusion { image, .. }) => &image.shape,
+            Some(DecoderSpec::Onepass { image, output, .. }) => {
+                onepass_image(image.as_ref(), output, &self.path)
+                    .ok()?
+                    .shape
+            }
+            Some(DecoderSpec::Diffusion { image, .. }) => image.shape.clone(),
             None => return None,
         };
         Some((shape[1] as usize, shape[2] as usize, shape[3] as usize))
+    }
+}
+
+fn onepass_image(
+    image: Option<&ImageSpec>,
+    output: &TensorRef,
+    mf: &Path,
+) -> Result<ImageSpec, ModelError> {
+    match (image, output) {
+        (Some(i), _) => Ok(i.clone()),
+        (None, TensorRef::Spec(s)) => Ok(ImageSpec {
+            shape: s.shape.clone(),
+        }),
+        (None, TensorRef::Name(_)) => Err(manifest_err(
+            mf,
+            "decoder: give output as { name, shape, dtype } or image = { shape = [1, C, H, W] }"
+                .into(),
+        )),
     }
 }
 
