@@ -52,6 +52,9 @@ bench: parity-venv
 	$(VENV)/bin/python tests/parity/realign_compare.py --boldstream target/release/boldstream
 	$(CARGO) bench --bench glm
 	$(VENV)/bin/python tests/parity/glm_compare.py --boldstream target/release/boldstream
+	$(VENV)/bin/python onnx/bench_graphs.py target/bench-models
+	$(CARGO) bench --bench decode -- target/bench-models/model target/bench-models/subject 5
+	$(VENV)/bin/python tests/parity/decode_reference.py target/bench-models/model target/bench-models/subject --trials 5
 
 clean:
 	$(CARGO) clean

@@ -850,6 +850,12 @@ impl ModelManifest {
                             ));
                         }
                         check_guidance(*guidance, "decoder.sampler", mf)?;
+                        if denoiser.prediction == Prediction::V {
+                            return Err(manifest_err(
+                                mf,
+                                "decoder.denoiser.prediction = \"v\": the Euler sampler takes x0 or eps".into(),
+                            ));
+                        }
                         Dtype::Float32
                     }
                     DecoderSampler::Ddim {

@@ -144,69 +144,108 @@ impl DiscreteSchedule {
     }
 }
 
-/// Model output → (x̂₀, ε̂) at ᾱ, in place: `out` becomes x̂₀, `eps` ε̂.
-fn to_x0_eps(prediction: Prediction, x: &[f32], ab: f64, out: &mut [f32], eps: &mut [f32]) {
+/// x̂₀ = p·x + q·m for a model output m at ᾱ (every prediction type is
+/// linear in the sample and the output).
+fn x0_coefficients(prediction: Prediction, ab: f64) -> (f64, f64) {
     let (sa, s1) = (ab.sqrt(), (1.0 - ab).sqrt());
-    for ((o, e), &xv) in out.iter_mut().zip(eps.iter_mut()).zip(x) {
-        let xv = xv as f64;
-        let m = *o as f64;
-        let x0 = match prediction {
-            Prediction::X0 => m,
-            Prediction::Eps => (xv - s1 * m) / sa,
-            Prediction::V => sa * xv - s1 * m,
-        };
-        *e = ((xv - sa * x0) / s1) as f32;
-        *o = x0 as f32;
+    match prediction {
+        Prediction::X0 => (0.0, 1.0),
+        Prediction::Eps => (1.0 / sa, -s1 / sa),
+        Prediction::V => (sa, -s1),
     }
 }
 
-/// Classifier-free guidance around a denoiser: `g = 1` is one pass; else
-/// `u + g·(c − u)` with `u` from an all-zero conditioning.
-pub struct Guided<'d, 'a, E> {
-    denoise: &'d mut Denoise<'a, E>,
-    guidance: f64,
-    zeros: Vec<f32>,
-    uncond: Vec<f32>,
-    /// Denoiser calls made.
-    pub calls: usize,
+/// One step's update, `x ← a·x + b·m (+ c·z)`, with the coefficients worked
+/// out in float64 once per step. Every sampler here is linear in the sample,
+/// the model output and the noise, so a step is one pass over memory
+/// (vectorised float32) instead of several: on a GPU, where the graphs are
+/// fast, this pass is most of the daemon's own time per step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepUpdate {
+    /// Weight of the current sample.
+    pub a: f64,
+    /// Weight of the (guided) model output.
+    pub b: f64,
+    /// Weight of the step's noise (0: no draw).
+    pub c: f64,
 }
 
-impl<'d, 'a, E> Guided<'d, 'a, E> {
-    /// Wrap `denoise` for conditionings of `cond_len` values.
-    pub fn new(denoise: &'d mut Denoise<'a, E>, guidance: f64, cond_len: usize) -> Self {
-        let zeros = if guidance == 1.0 {
-            Vec::new()
-        } else {
-            vec![0.0; cond_len]
-        };
-        Guided {
-            denoise,
-            guidance,
-            zeros,
-            uncond: Vec::new(),
-            calls: 0,
-        }
-    }
-
-    /// One guided evaluation into `out`.
-    pub fn eval(
-        &mut self,
-        x: &[f32],
-        level: Level,
-        cond: &[f32],
-        out: &mut Vec<f32>,
-    ) -> Result<(), E> {
-        (self.denoise)(x, level, cond, out)?;
-        self.calls += 1;
-        if self.guidance != 1.0 {
-            (self.denoise)(x, level, &self.zeros, &mut self.uncond)?;
-            self.calls += 1;
-            let g = self.guidance;
-            for (o, &u) in out.iter_mut().zip(&self.uncond) {
-                *o = (u as f64 + g * (*o as f64 - u as f64)) as f32;
+impl StepUpdate {
+    /// Apply to `x` with conditional output `m`, and with guidance `g` the
+    /// unconditional output `u` (m̃ = u + g·(m − u) = g·m + (1 − g)·u).
+    fn apply(&self, x: &mut [f32], m: &[f32], guided: Option<(&[f32], f64)>, z: &[f32]) {
+        let a = self.a as f32;
+        match (guided, self.c != 0.0) {
+            (None, false) => {
+                let b = self.b as f32;
+                for (xv, &mv) in x.iter_mut().zip(m) {
+                    *xv = a * *xv + b * mv;
+                }
+            }
+            (None, true) => {
+                let (b, c) = (self.b as f32, self.c as f32);
+                for ((xv, &mv), &zv) in x.iter_mut().zip(m).zip(z) {
+                    *xv = a * *xv + b * mv + c * zv;
+                }
+            }
+            (Some((u, g)), with_noise) => {
+                let (bm, bu) = ((self.b * g) as f32, (self.b * (1.0 - g)) as f32);
+                let c = if with_noise { self.c as f32 } else { 0.0 };
+                if with_noise {
+                    for (((xv, &mv), &uv), &zv) in x.iter_mut().zip(m).zip(u).zip(z) {
+                        *xv = a * *xv + bm * mv + bu * uv + c * zv;
+                    }
+                } else {
+                    for ((xv, &mv), &uv) in x.iter_mut().zip(m).zip(u) {
+                        *xv = a * *xv + bm * mv + bu * uv;
+                    }
+                }
             }
         }
-        Ok(())
+    }
+}
+
+/// The update of discrete step `n` (timestep t, previous timestep t − k).
+pub fn discrete_update(
+    run: &DiscreteRun,
+    schedule: &DiscreteSchedule,
+    t: i64,
+    k: i64,
+    last: bool,
+) -> StepUpdate {
+    let ab_t = schedule.alpha_bar(t);
+    let ab_p = schedule.alpha_bar(t - k);
+    let (sa, s1) = (ab_t.sqrt(), (1.0 - ab_t).sqrt());
+    let (p, q) = x0_coefficients(run.prediction, ab_t);
+    match run.kind {
+        DiscreteKind::Ddim => {
+            // ε̂ = (x − √ᾱₜ·x̂₀)/√(1−ᾱₜ) = r·x + u·m
+            let (r, u) = ((1.0 - sa * p) / s1, -sa * q / s1);
+            let sigma = run.eta
+                * ((1.0 - ab_p) / (1.0 - ab_t)).sqrt()
+                * (1.0 - ab_t / ab_p).max(0.0).sqrt();
+            let (c0, ce) = (ab_p.sqrt(), (1.0 - ab_p - sigma * sigma).max(0.0).sqrt());
+            StepUpdate {
+                a: c0 * p + ce * r,
+                b: c0 * q + ce * u,
+                c: sigma,
+            }
+        }
+        DiscreteKind::Ddpm => {
+            let alpha = ab_t / ab_p;
+            let beta = 1.0 - alpha;
+            let c0 = ab_p.sqrt() * beta / (1.0 - ab_t);
+            let cx = alpha.sqrt() * (1.0 - ab_p) / (1.0 - ab_t);
+            StepUpdate {
+                a: c0 * p + cx,
+                b: c0 * q,
+                c: if last {
+                    0.0
+                } else {
+                    (beta * (1.0 - ab_p) / (1.0 - ab_t)).sqrt()
+                },
+            }
+        }
     }
 }
 
@@ -225,6 +264,57 @@ pub struct DiscreteRun {
     pub prediction: Prediction,
 }
 
+/// Buffers and the guided model evaluation shared by the samplers.
+struct Loop<'d, 'a, E> {
+    denoise: &'d mut Denoise<'a, E>,
+    guidance: f64,
+    zeros: Vec<f32>,
+    cond_out: Vec<f32>,
+    uncond_out: Vec<f32>,
+    z: Vec<f32>,
+}
+
+impl<'d, 'a, E> Loop<'d, 'a, E> {
+    fn new(denoise: &'d mut Denoise<'a, E>, guidance: f64, len: usize, cond_len: usize) -> Self {
+        let guided = guidance != 1.0;
+        Loop {
+            denoise,
+            guidance,
+            zeros: if guided {
+                vec![0.0; cond_len]
+            } else {
+                Vec::new()
+            },
+            cond_out: Vec::with_capacity(len),
+            uncond_out: Vec::with_capacity(if guided { len } else { 0 }),
+            z: Vec::new(),
+        }
+    }
+
+    /// Evaluate the model (twice with guidance) and apply `update` to `x`.
+    fn step(
+        &mut self,
+        x: &mut [f32],
+        level: Level,
+        cond: &[f32],
+        update: StepUpdate,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<(), E> {
+        (self.denoise)(x, level, cond, &mut self.cond_out)?;
+        let guided = self.guidance != 1.0;
+        if guided {
+            (self.denoise)(x, level, &self.zeros, &mut self.uncond_out)?;
+        }
+        if update.c != 0.0 {
+            self.z.resize(x.len(), 0.0);
+            noise.fill(&mut self.z);
+        }
+        let u = guided.then_some((self.uncond_out.as_slice(), self.guidance));
+        update.apply(x, &self.cond_out, u, &self.z);
+        Ok(())
+    }
+}
+
 /// DDIM or DDPM from pure noise. `len` is the sample's element count.
 /// Noise order: the start (`len` draws), then one `len` draw per step that
 /// adds noise (DDIM with σ > 0; DDPM except at the last step).
@@ -238,57 +328,12 @@ pub fn sample_discrete<E>(
 ) -> Result<Vec<f32>, E> {
     let mut x = vec![0f32; len];
     noise.fill(&mut x);
-    let mut guided = Guided::new(denoise, run.guidance, cond.len());
-    let mut out = Vec::with_capacity(len);
-    let mut eps = vec![0f32; len];
-    let mut z = vec![0f32; len];
+    let mut l = Loop::new(denoise, run.guidance, len, cond.len());
     let ts = schedule.timesteps(run.steps);
     let k = (schedule.train_steps() / run.steps.max(1)) as i64;
     for (n, &t) in ts.iter().enumerate() {
-        guided.eval(&x, Level::Timestep(t), cond, &mut out)?;
-        let ab_t = schedule.alpha_bar(t);
-        let ab_p = schedule.alpha_bar(t - k);
-        to_x0_eps(run.prediction, &x, ab_t, &mut out, &mut eps);
-        match run.kind {
-            DiscreteKind::Ddim => {
-                let sigma = run.eta
-                    * ((1.0 - ab_p) / (1.0 - ab_t)).sqrt()
-                    * (1.0 - ab_t / ab_p).max(0.0).sqrt();
-                let (c0, ce) = (ab_p.sqrt(), (1.0 - ab_p - sigma * sigma).max(0.0).sqrt());
-                if sigma > 0.0 {
-                    noise.fill(&mut z);
-                }
-                for i in 0..len {
-                    let mut v = c0 * out[i] as f64 + ce * eps[i] as f64;
-                    if sigma > 0.0 {
-                        v += sigma * z[i] as f64;
-                    }
-                    x[i] = v as f32;
-                }
-            }
-            DiscreteKind::Ddpm => {
-                let alpha = ab_t / ab_p;
-                let beta = 1.0 - alpha;
-                let c0 = ab_p.sqrt() * beta / (1.0 - ab_t);
-                let cx = alpha.sqrt() * (1.0 - ab_p) / (1.0 - ab_t);
-                let last = n + 1 == ts.len();
-                let sigma = if last {
-                    0.0
-                } else {
-                    (beta * (1.0 - ab_p) / (1.0 - ab_t)).sqrt()
-                };
-                if !last {
-                    noise.fill(&mut z);
-                }
-                for i in 0..len {
-                    let mut v = c0 * out[i] as f64 + cx * x[i] as f64;
-                    if !last {
-                        v += sigma * z[i] as f64;
-                    }
-                    x[i] = v as f32;
-                }
-            }
-        }
+        let update = discrete_update(run, schedule, t, k, n + 1 == ts.len());
+        l.step(&mut x, Level::Timestep(t), cond, update, noise)?;
     }
     Ok(x)
 }
@@ -341,20 +386,23 @@ pub fn sample_euler<E>(
     for v in &mut x {
         *v = (*v as f64 * sigmas[0]) as f32;
     }
-    let mut guided = Guided::new(denoise, run.guidance, cond.len());
-    let mut out = Vec::with_capacity(len);
+    let mut l = Loop::new(denoise, run.guidance, len, cond.len());
     for i in 0..run.steps {
-        let (s, s_next) = (sigmas[i], sigmas[i + 1]);
-        guided.eval(&x, Level::Sigma(s), cond, &mut out)?;
-        for (xv, &o) in x.iter_mut().zip(&out) {
-            let xd = *xv as f64;
-            let d0 = match run.prediction {
-                Prediction::Eps => xd - s * o as f64,
-                _ => o as f64,
-            };
-            let d = (xd - d0) / s;
-            *xv = (xd + (s_next - s) * d) as f32;
-        }
+        let (s, h) = (sigmas[i], sigmas[i + 1] - sigmas[i]);
+        // d = (x − D)/σ; x ← x + h·d. D = m (x0) or x − σ·m (eps).
+        let update = match run.prediction {
+            Prediction::Eps => StepUpdate {
+                a: 1.0,
+                b: h,
+                c: 0.0,
+            },
+            _ => StepUpdate {
+                a: 1.0 + h / s,
+                b: -h / s,
+                c: 0.0,
+            },
+        };
+        l.step(&mut x, Level::Sigma(s), cond, update, noise)?;
     }
     Ok(x)
 }
