@@ -42,9 +42,15 @@ Everything is closed form, so the graphs compute exact posterior means:
   each trial's expected top-5 retrieval, computed in float64). Betas are z-scored per
   voxel with the training trials' statistics. adapter.onnx is a ridge
   regression voxels -> latent (one ridge penalty per latent coordinate,
-  chosen by 5-fold cross-validation grouped by stimulus).
+  chosen by 5-fold cross-validation grouped by stimulus). sim_responses.npy
+  holds the subject's noise-free response G z to every bank stimulus (bank
+  order, unit signal variance per voxel): the simulator uses it to make
+  scans whose betas this adapter can decode (boldstream demo).
 * model.toml (diffusion decoder), model_onepass.toml (one-pass decoder),
   subject-sim01/subject.toml, README.md (with the self-check figures).
+
+Needs numpy and onnx; the self-check also onnxruntime and pillow (it reads
+the bank's PNGs back).
 
 The self-check loads every graph with onnxruntime, checks that the manifests
 name their real inputs and outputs, checks the graphs against
@@ -487,6 +493,7 @@ def build(out):
     (out / "bank" / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
     np.save(out / "bank" / "embeddings.npy", emb.astype(np.float32))
     np.save(sub / "test_betas.npy", betas_test.astype(np.float32))
+    np.save(sub / "sim_responses.npy", (Z @ G.T).astype(np.float32))
     (sub / "test_ids.txt").write_text("".join(f"{ids[i]}\n" for i in test))
     (out / "model.toml").write_text(model_toml(onepass=False))
     (out / "model_onepass.toml").write_text(model_toml(onepass=True))
@@ -713,7 +720,10 @@ Details of each graph are in the script's docstring.
   and `test_expected.toml` (each trial's expected top-5 bank ids and the rank of its
   own stimulus, through adapter and retrieval head in float64, with the smallest
   similarity gap so a test knows how robust the order is; retrieval involves no
-  sampling, so Rust should reproduce it exactly).
+  sampling, so Rust should reproduce it exactly), and `sim_responses.npy`
+  ({N_STIM}×{V} float32: the simulated subject's noise-free response to each bank
+  stimulus, bank order, unit signal variance per voxel; the simulator's source
+  for scans this adapter can decode).
 
 ## How it was built
 
