@@ -4,6 +4,14 @@
 //! per volume while a synthetic session with injected faults is written into
 //! an export folder and followed by the real pipeline, then a summary that
 //! compares the estimated motion with the simulator's truth.
+//!
+//! With the committed demo model folder (`onnx/demo`) and ONNX Runtime at
+//! hand, the simulated subject also sees images from the model's bank: each
+//! trial adds the demo subject's response to its image (`sim_responses.npy`)
+//! to a 2,000-voxel region, the session mask is that region (the subject's
+//! voxel order), and the daemon retrieves and reconstructs every trial of
+//! the runs after the warm-up run; the summary scores retrieval against the
+//! images shown.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -30,10 +38,10 @@ pub struct DemoOptions {
     #[arg(long, default_value_t = 2)]
     pub runs: usize,
     /// Volumes per run.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 80)]
     pub volumes: usize,
-    /// Time compression: 1 is real time (TR 1.5 s), 5 writes a volume every 0.3 s.
-    #[arg(long, default_value_t = 5.0)]
+    /// Time compression: 1 is real time (TR 1.5 s), 8 writes a volume every 0.19 s.
+    #[arg(long, default_value_t = 8.0)]
     pub speed: f64,
     /// Inject no faults (by default a dropped, a re-ordered, a duplicated,
     /// a late, two slowly written and a truncated file).
@@ -42,6 +50,17 @@ pub struct DemoOptions {
     /// Seed of the synthetic session.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Model folder for decoding (its `subject-sim01` is the simulated
+    /// subject); decoding is skipped, with a note, when it is missing or
+    /// ONNX Runtime cannot be found.
+    #[arg(long, default_value = "onnx/demo")]
+    pub model: PathBuf,
+    /// Do not decode.
+    #[arg(long)]
+    pub no_decode: bool,
+    /// Signal change per unit of the subject's response to an image.
+    #[arg(long, default_value_t = 0.015)]
+    pub pattern_amplitude: f64,
 }
 
 impl Default for DemoOptions {
@@ -49,10 +68,13 @@ impl Default for DemoOptions {
         DemoOptions {
             out: PathBuf::from("demo-out"),
             runs: 2,
-            volumes: 40,
-            speed: 5.0,
+            volumes: 80,
+            speed: 8.0,
             no_faults: false,
             seed: 1,
+            model: PathBuf::from("onnx/demo"),
+            no_decode: false,
+            pattern_amplitude: 0.015,
         }
     }
 }
@@ -76,6 +98,127 @@ pub struct DemoReport {
     pub trials: usize,
     /// Betas produced in non-warm-up runs.
     pub betas: usize,
+    /// Decoding, when it was on.
+    pub decode: Option<DecodeReport>,
+}
+
+/// How decoding went in the demo.
+#[derive(Debug, Clone)]
+pub struct DecodeReport {
+    /// Trials retrieved (fast path).
+    pub decoded: usize,
+    /// Of those, trials whose image was the best candidate.
+    pub top1: usize,
+    /// … among the best five.
+    pub top5: usize,
+    /// Candidates in the bank.
+    pub bank: usize,
+    /// Reconstructions written.
+    pub reconstructed: usize,
+    /// Trials not decoded or reconstructed (each reported).
+    pub skipped: usize,
+    /// Trigger volume seen → retrieval, ms: p50, p95, max.
+    pub retrieval_ms: (f64, f64, f64),
+    /// Trigger volume seen → reconstruction, ms: p50, p95, max.
+    pub reconstruction_ms: (f64, f64, f64),
+}
+
+/// What decoding in the demo needs: the model, its simulated subject, the
+/// subject's responses to the bank images, and a usable ONNX Runtime.
+struct DecodeSetup {
+    model: PathBuf,
+    subject: PathBuf,
+    /// Bank ids, held-out test ids first.
+    ids: Vec<String>,
+    responses: std::collections::HashMap<String, Vec<f32>>,
+    voxels: usize,
+}
+
+fn decode_setup(opts: &DemoOptions) -> Result<DecodeSetup, String> {
+    let subject = opts.model.join("subject-sim01");
+    let manifest =
+        crate::decode::manifest::SubjectManifest::load(&subject).map_err(|e| e.to_string())?;
+    crate::decode::runtime::Runtime::new(&Default::default()).map_err(|e| e.to_string())?;
+    let read =
+        |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()));
+    let bank: Vec<String> = read(opts.model.join("bank/ids.txt"))?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let test: Vec<String> = read(subject.join("test_ids.txt"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let path = subject.join("sim_responses.npy");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (values, rows, cols) =
+        crate::sinks::npy::decode_2d(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    if rows != bank.len() || cols != manifest.voxels {
+        return Err(format!(
+            "{}: {rows}x{cols}, expected {}x{} (bank x voxels)",
+            path.display(),
+            bank.len(),
+            manifest.voxels
+        ));
+    }
+    let responses = bank
+        .iter()
+        .enumerate()
+        .map(|(r, id)| {
+            let row = values[r * cols..(r + 1) * cols]
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            (id.clone(), row)
+        })
+        .collect();
+    let mut ids: Vec<String> = test.iter().filter(|t| bank.contains(t)).cloned().collect();
+    ids.extend(bank.iter().filter(|b| !test.contains(b)).cloned());
+    Ok(DecodeSetup {
+        model: opts.model.clone(),
+        subject,
+        ids,
+        responses,
+        voxels: manifest.voxels,
+    })
+}
+
+/// Give the design's images bank ids: the warm-up run gets training images,
+/// later runs the held-out ones first; a repeated image keeps its id.
+fn bank_events(
+    series: &SynthSeries,
+    runs: usize,
+    ids: &[String],
+    n_test: usize,
+) -> Vec<Vec<crate::events::Event>> {
+    let mut map = std::collections::HashMap::<String, String>::new();
+    let (mut next_test, mut next_train) = (0usize, n_test);
+    (1..=runs as u32)
+        .map(|run| {
+            series
+                .events(run)
+                .iter()
+                .map(|e| {
+                    let mut e = e.clone();
+                    if let Some(id) = &e.stim_id {
+                        let mapped = map.entry(id.clone()).or_insert_with(|| {
+                            let pick = if run > 1 && next_test < n_test {
+                                next_test += 1;
+                                next_test - 1
+                            } else {
+                                next_train += 1;
+                                next_train - 1
+                            };
+                            ids[pick % ids.len()].clone()
+                        });
+                        e.stim_id = Some(mapped.clone());
+                    }
+                    e
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -137,7 +280,53 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
     };
     let tr = spec.tr;
     let interval = Duration::from_secs_f64(tr / opts.speed);
-    let series = SynthSeries::new(spec).context("building the synthetic session")?;
+    let truth = base.join("truth");
+    std::fs::create_dir_all(&truth).with_context(|| format!("creating {}", truth.display()))?;
+    let decode = if opts.no_decode {
+        None
+    } else {
+        match decode_setup(opts) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                println!("decoding off for this demo: {e}");
+                None
+            }
+        }
+    };
+    let mut series = SynthSeries::new(spec.clone()).context("building the synthetic session")?;
+    let mut decode_mask = None;
+    if let Some(d) = &decode {
+        let n_test = d.ids.len().min(20);
+        let events = bank_events(&series, opts.runs, &d.ids, n_test);
+        series = SynthSeries::new(SynthSpec {
+            events: Some(events),
+            ..spec
+        })
+        .context("building the synthetic session")?;
+        let (mask, order) = crate::simulate::patterns::pick_region(
+            &series.clean_volume(0),
+            &series.brain_map(),
+            &series.task_map(),
+            d.voxels,
+        )?;
+        let patterns = crate::simulate::patterns::StimulusPatterns::new(
+            order,
+            d.responses.clone(),
+            opts.pattern_amplitude,
+        )?;
+        series = series.with_patterns(patterns)?;
+        let path = truth.join("decode_mask.nii.gz");
+        crate::formats::nifti::write_volume(
+            &path,
+            &mask,
+            &crate::formats::nifti::WriteOptions {
+                gzip: true,
+                ..Default::default()
+            },
+        )?;
+        decode_mask = Some(path);
+    }
+    let series = series;
     let plan = if opts.no_faults {
         FaultPlan::none()
     } else {
@@ -154,8 +343,6 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
     ingest.retry_interval = 0.02;
     // The trial schedule (as the stimulus program would hand it over) and,
     // for neurofeedback, the simulated visual region as a mask.
-    let truth = base.join("truth");
-    std::fs::create_dir_all(&truth).with_context(|| format!("creating {}", truth.display()))?;
     let mut tables = Vec::new();
     let mut trials = 0;
     for run in 1..=opts.runs as u32 {
@@ -198,10 +385,21 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
             dir: Some(base.join("session")),
         },
         ingest,
-        realign: Default::default(),
+        realign: crate::realign::RealignConfig {
+            // The subject's voxel order is the pattern region's.
+            mask: decode_mask,
+            ..Default::default()
+        },
         buffer: Default::default(),
         glm,
-        decode: Default::default(),
+        decode: match &decode {
+            Some(d) => crate::decode::DecodeConfig {
+                model: Some(d.model.clone()),
+                subject: Some(d.subject.clone()),
+                ..Default::default()
+            },
+            None => Default::default(),
+        },
         console: ConsoleConfig { enabled: true },
     };
     let config_text = format!(
@@ -250,12 +448,18 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
     let mut ended = 0usize;
     let mut realigned = Vec::new();
     let mut betas = Vec::new();
+    let mut decoded = Vec::new();
+    let mut recons = Vec::new();
+    let mut skipped = 0usize;
     while ended < opts.runs {
         let left = deadline.saturating_duration_since(Instant::now());
         match obs_rx.recv_timeout(left) {
             Ok(PipelineEvent::Ingest(IngestEvent::RunEnded { .. })) => ended += 1,
             Ok(PipelineEvent::Realigned(r)) => realigned.push(r),
             Ok(PipelineEvent::Beta(b)) => betas.push(b),
+            Ok(PipelineEvent::Decoded(d)) => decoded.push(d),
+            Ok(PipelineEvent::Reconstructed(r)) => recons.push(r),
+            Ok(PipelineEvent::DecodeSkipped { .. }) => skipped += 1,
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
                 tracing::warn!("demo: not every run ended within {budget:?}; stopping");
@@ -272,9 +476,35 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
         match ev {
             PipelineEvent::Realigned(r) => realigned.push(r),
             PipelineEvent::Beta(b) => betas.push(b),
+            PipelineEvent::Decoded(d) => decoded.push(d),
+            PipelineEvent::Reconstructed(r) => recons.push(r),
+            PipelineEvent::DecodeSkipped { .. } => skipped += 1,
             _ => {}
         }
     }
+    let decode_report = decode.as_ref().map(|_| DecodeReport {
+        decoded: decoded.len(),
+        top1: decoded.iter().filter(|d| d.true_rank == Some(1)).count(),
+        top5: decoded
+            .iter()
+            .filter(|d| d.true_rank.is_some_and(|r| r <= 5))
+            .count(),
+        bank: decoded.first().map_or(0, |d| d.bank_size),
+        reconstructed: recons.len(),
+        skipped,
+        retrieval_ms: percentiles(
+            decoded
+                .iter()
+                .filter_map(|d| d.since_trigger.map(|s| s * 1e3))
+                .collect(),
+        ),
+        reconstruction_ms: percentiles(
+            recons
+                .iter()
+                .filter_map(|r| r.since_trigger.map(|s| s * 1e3))
+                .collect(),
+        ),
+    });
 
     let (mut se_r, mut se_t, mut n) = (0.0, 0.0, 0usize);
     for r in &realigned {
@@ -320,6 +550,7 @@ pub fn run_demo(opts: &DemoOptions, base: &std::path::Path) -> anyhow::Result<De
         ),
         trials,
         betas: betas.iter().filter(|b| !b.warmup).count(),
+        decode: decode_report,
         pipeline: summary,
     };
     print_report(&report, &base);
@@ -366,6 +597,30 @@ fn print_report(r: &DemoReport, base: &std::path::Path) {
             rb.capacity(),
             rb.frames().next().map(|f| f.index),
             rb.frames().last().map(|f| f.index)
+        );
+    }
+    if let Some(d) = &r.decode {
+        let pct = |n: usize| 100.0 * n as f64 / d.decoded.max(1) as f64;
+        println!(
+            "decoding: {} trials retrieved, image shown ranked first in {} ({:.0} %, chance {:.1} %), in the top 5 in {} ({:.0} %, chance {:.1} %) among {} candidates",
+            d.decoded,
+            d.top1,
+            pct(d.top1),
+            100.0 / d.bank.max(1) as f64,
+            d.top5,
+            pct(d.top5),
+            500.0 / d.bank.max(1) as f64,
+            d.bank
+        );
+        println!(
+            "  trigger volume seen -> retrieval p50 {:.1} ms, p95 {:.1} ms; -> reconstruction p50 {:.1} ms, p95 {:.1} ms; {} reconstructions in {}, {} trials skipped",
+            d.retrieval_ms.0,
+            d.retrieval_ms.1,
+            d.reconstruction_ms.0,
+            d.reconstruction_ms.1,
+            d.reconstructed,
+            s.session_dir.join("decode/recon").display(),
+            d.skipped
         );
     }
     println!("session folder: {}", s.session_dir.display());

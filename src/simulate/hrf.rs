@@ -149,6 +149,16 @@ impl BoldModel {
         BoldModel { hrf, events }
     }
 
+    /// Each event's own response at `t` (event index, value; 1 = its peak),
+    /// for the events still responding.
+    pub fn each(&self, t: f64) -> impl Iterator<Item = (usize, f64)> + '_ {
+        self.events
+            .iter()
+            .enumerate()
+            .filter(move |(_, (on, dur, _))| t > *on && t < on + dur + HRF_LENGTH_S)
+            .map(move |(i, (on, dur, inv))| (i, self.hrf.boxcar(t - on, *dur) * inv))
+    }
+
     /// Signal change at `t` seconds from the run start (1 = one event's peak).
     pub fn at(&self, t: f64) -> f64 {
         self.events

@@ -28,6 +28,7 @@ pub mod faults;
 pub mod hrf;
 pub mod motion;
 pub mod naming;
+pub mod patterns;
 pub mod phantom;
 pub mod replay;
 pub mod synth;

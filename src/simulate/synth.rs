@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::events::{Event, default_design};
 use super::hrf::BoldModel;
 use super::motion::{Jerk, MotionModel, random_trajectory};
+use super::patterns::StimulusPatterns;
 use super::phantom::Phantom;
 use super::{SimError, mix_seed};
 use crate::messages::VolumeKey;
@@ -211,6 +212,16 @@ pub struct SynthSeries {
     centre: Vector3<f64>,
     threads: usize,
     first: Volume,
+    /// Stimulus-specific patterns, with each reference voxel's column
+    /// (`u32::MAX`: none) and the head → reference voxel map.
+    patterns: Option<PatternState>,
+}
+
+#[derive(Debug, Clone)]
+struct PatternState {
+    patterns: std::sync::Arc<StimulusPatterns>,
+    slot: Vec<u32>,
+    ref_from_head: Matrix4<f64>,
 }
 
 impl SynthSeries {
@@ -318,6 +329,7 @@ impl SynthSeries {
             centre: Vector3::zeros(),
             threads,
             first: Volume::zeros(Grid::centred([1, 1, 1], [1.0; 3])),
+            patterns: None,
         };
         // Volume 0 has zero motion, so its matrix is the identity whatever
         // the centre: it can be rendered before the centre is known.
@@ -341,6 +353,75 @@ impl SynthSeries {
         series.centre = first.fsl_centre_of_gravity();
         series.first = first;
         Ok(series)
+    }
+
+    /// Add stimulus-specific patterns: from now on each event whose
+    /// stimulus has a pattern adds it (scaled by the event's BOLD response
+    /// and the amplitude) to the head tissue at the pattern's reference
+    /// voxels, moving with the head. Volume 0 (no response yet) is unchanged.
+    pub fn with_patterns(mut self, patterns: StimulusPatterns) -> Result<SynthSeries, SimError> {
+        let n = self.grid.len();
+        let mut slot = vec![u32::MAX; n];
+        for (c, &v) in patterns.voxels().iter().enumerate() {
+            if v >= n {
+                return Err(SimError::Spec(format!(
+                    "pattern voxel {v} is outside the {n}-voxel grid"
+                )));
+            }
+            slot[v] = c as u32;
+        }
+        let q0 = self.head_from_fsl * self.vox_to_fsl;
+        let ref_from_head = q0
+            .try_inverse()
+            .ok_or_else(|| SimError::Spec("voxel → head matrix is singular".into()))?;
+        self.patterns = Some(PatternState {
+            patterns: std::sync::Arc::new(patterns),
+            slot,
+            ref_from_head,
+        });
+        Ok(self)
+    }
+
+    /// Brain tissue (weight > 0.5) on the reference grid, as 0/1.
+    pub fn brain_map(&self) -> Volume {
+        let q0 = self.head_from_fsl * self.vox_to_fsl;
+        let vals = self.par_slices(|k, out| {
+            self.for_each_voxel(&q0, k, out, |q| {
+                if self.phantom.brain_weight(q) > 0.5 {
+                    1.0
+                } else {
+                    0.0
+                }
+            })
+        });
+        self.wrap(vals)
+    }
+
+    /// Each pattern voxel's signal change (fraction) at volume `i`: Σ over
+    /// responding events of amplitude × BOLD × the stimulus's pattern.
+    /// `None` without patterns or when no patterned event is responding.
+    pub fn pattern_activity(&self, i: usize) -> Option<Vec<f32>> {
+        let ps = self.patterns.as_ref()?;
+        let key = self.key(i);
+        let r = key.run as usize - 1;
+        let t = key.index as f64 * self.spec.tr;
+        let events = self.events.get(r)?;
+        let mut act: Option<Vec<f32>> = None;
+        for (e, w) in self.bold.get(r)?.each(t) {
+            let Some(resp) = events[e]
+                .stim_id
+                .as_deref()
+                .and_then(|id| ps.patterns.response(id))
+            else {
+                continue;
+            };
+            let a = act.get_or_insert_with(|| vec![0.0; resp.len()]);
+            let g = (w * ps.patterns.amplitude) as f32;
+            for (x, &v) in a.iter_mut().zip(resp) {
+                *x += g * v;
+            }
+        }
+        act
     }
 
     /// The spec it was built from.
@@ -561,13 +642,31 @@ impl SynthSeries {
         let drift = frame.drift;
         let sigma = if noise { self.sigma } else { 0.0 };
         let noise_seed = mix_seed(mix_seed(self.spec.seed, TAG_NOISE), i as u64);
+        let activity = self.pattern_activity(i);
+        let pattern = |p: &Vector3<f64>| -> f64 {
+            let (Some(act), Some(ps)) = (&activity, &self.patterns) else {
+                return 0.0;
+            };
+            // The reference voxel this head point belongs to (nearest).
+            let v = Grid::apply(&ps.ref_from_head, *p);
+            let [nx, ny, nz] = self.grid.dims;
+            let (i, j, k) = (v.x.round(), v.y.round(), v.z.round());
+            if i < 0.0 || j < 0.0 || k < 0.0 || i >= nx as f64 || j >= ny as f64 || k >= nz as f64 {
+                return 0.0;
+            }
+            let idx = i as usize + nx * (j as usize + ny * k as usize);
+            match ps.slot[idx] {
+                u32::MAX => 0.0,
+                c => act[c as usize] as f64,
+            }
+        };
         let vals = self.par_slices(|k, out| {
             // One generator per slice: the same numbers whatever the
             // thread count.
             let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(noise_seed, k as u64));
             self.for_each_voxel(q, k, out, |p| {
                 let (ph, w) = self.phantom.eval(p, want_task);
-                let s = ph * (1.0 + task_gain * w) * drift;
+                let s = ph * (1.0 + task_gain * w + pattern(p)) * drift;
                 if sigma > 0.0 {
                     let n1: f64 = StandardNormal.sample(&mut rng);
                     let n2: f64 = StandardNormal.sample(&mut rng);
