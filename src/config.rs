@@ -188,6 +188,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_parses() {
+        let c = Config::from_toml(include_str!("../systemd/boldstream.toml"), "example").unwrap();
+        assert_eq!(c.decode.policy, crate::decode::schedule::ReconPolicy::Queue);
+        assert_eq!(c.decode.max_queue, 16);
+        assert!(!c.decode.enabled());
+    }
+
+    #[test]
     fn minimal_config_gets_defaults_and_paths_resolve() {
         let mut c = Config::from_toml("[ingest]\nwatch_dir = \"export\"\n", "test").unwrap();
         c.resolve_paths(Path::new("/srv/bold"));

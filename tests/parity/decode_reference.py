@@ -33,7 +33,10 @@ class Timed:
     def __init__(self, path, log):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.sess = ort.InferenceSession(str(path), opts, providers=ort.get_available_providers())
+        # CUDA when this onnxruntime has it (onnxruntime-gpu), as the daemon's
+        # `auto`; never the Azure provider the CPU wheel lists first.
+        wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.sess = ort.InferenceSession(str(path), opts, providers=wanted)
         self.log = log
 
     def run(self, outputs, feeds):
