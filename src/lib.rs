@@ -12,6 +12,7 @@
 //! - [`simulate`]: a scanner simulator with known motion and fault injection.
 
 pub mod buffer;
+pub mod calibrate;
 pub mod config;
 pub mod decode;
 pub mod demo;
@@ -24,6 +25,7 @@ pub mod mask;
 pub mod messages;
 pub mod pipeline;
 pub mod realign;
+pub mod report;
 pub mod simulate;
 pub mod sinks;
 pub mod volume;

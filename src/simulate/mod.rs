@@ -33,6 +33,7 @@ pub mod phantom;
 pub mod replay;
 pub mod synth;
 pub mod truth;
+pub mod visual;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -1,0 +1,1 @@
+//! Session report (being written).

@@ -1,0 +1,1 @@
+//! Visual-cortex model for simulated subjects (being written).
