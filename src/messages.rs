@@ -164,6 +164,9 @@ pub enum PipelineEvent {
         reference: std::sync::Arc<Volume>,
         /// The session mask (on the output grid).
         mask: std::sync::Arc<crate::mask::SessionMask>,
+        /// The calibration reference registered to this session's, when
+        /// asked for (`[realign] register_target`).
+        cross_session: Option<crate::realign::CrossSession>,
     },
     /// A realigned volume.
     Realigned(Box<RealignedVolume>),

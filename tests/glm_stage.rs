@@ -33,6 +33,7 @@ fn reference_event() -> PipelineEvent {
         mask_voxels: V,
         reference: Arc::new(Volume::zeros(g)),
         mask: Arc::new(mask),
+        cross_session: None,
     }
 }
 

@@ -458,6 +458,32 @@ fn default_top_k() -> usize {
     5
 }
 
+/// `[targets]`: how calibration obtains what a new subject's adapter is
+/// fitted to — one target per calibration image, in the adapter's output
+/// space (the backbone's input).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TargetsSpec {
+    /// An encoder graph applied to each calibration image (`<images>/<id>.png`).
+    Encoder {
+        /// The graph.
+        file: PathBuf,
+        /// Image in: `[1, C, H, W]` float32 in [0, 1].
+        input: TensorSpec,
+        /// Target out, shaped like the backbone's input.
+        output: TensorSpec,
+        /// Folder of `<id>.png` calibration images.
+        images: PathBuf,
+    },
+    /// Precomputed targets: an `(N, D)` float `.npy` with one row per id.
+    Table {
+        /// The `.npy`.
+        file: PathBuf,
+        /// N ids, one per line, naming the rows.
+        ids: PathBuf,
+    },
+}
+
 /// A parsed, self-consistent `model.toml` with absolute paths.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -478,6 +504,10 @@ pub struct ModelManifest {
     /// The retrieval bank (optional).
     #[serde(default)]
     pub retrieval: Option<RetrievalSpec>,
+    /// Calibration targets (optional: without them `boldstream calibrate`
+    /// needs an adapter fitted elsewhere).
+    #[serde(default)]
+    pub targets: Option<TargetsSpec>,
     /// The manifest file.
     #[serde(skip)]
     pub path: PathBuf,
@@ -723,6 +753,25 @@ impl ModelManifest {
                 }
             }
         }
+        match &mut self.targets {
+            Some(TargetsSpec::Encoder { file, images, .. }) => {
+                resolve_file(dir, file, "targets.file", &mf)?;
+                if images.is_relative() {
+                    *images = dir.join(&*images);
+                }
+                if !images.is_dir() {
+                    return Err(manifest_err(
+                        &mf,
+                        format!("targets.images = {}: no such folder", images.display()),
+                    ));
+                }
+            }
+            Some(TargetsSpec::Table { file, ids }) => {
+                resolve_file(dir, file, "targets.file", &mf)?;
+                resolve_file(dir, ids, "targets.ids", &mf)?;
+            }
+            None => {}
+        }
         Ok(())
     }
 
@@ -753,6 +802,30 @@ impl ModelManifest {
         }
         if self.decoder.is_some() {
             self.decoder_io()?;
+        }
+        if let Some(TargetsSpec::Encoder { input, output, .. }) = &self.targets {
+            check_float(input, "targets.input", mf)?;
+            check_float(output, "targets.output", mf)?;
+            let s = &input.shape;
+            if s.len() != 4 || s[0] != 1 || !(s[1] == 1 || s[1] == 3) || s[2] < 1 || s[3] < 1 {
+                return Err(manifest_err(
+                    mf,
+                    format!(
+                        "targets.input.shape = {}: must be [1, C, H, W] with C = 1 or 3",
+                        shape_str(s)
+                    ),
+                ));
+            }
+            if output.len() != b.input.len() {
+                return Err(manifest_err(
+                    mf,
+                    format!(
+                        "targets.output has {} values but the backbone's input (what an adapter produces) has {}",
+                        output.len(),
+                        b.input.len()
+                    ),
+                ));
+            }
         }
         if let Some(r) = &self.retrieval
             && r.top_k == 0

@@ -76,6 +76,12 @@ pub struct RealignConfig {
     /// World (RAS mm) transform from the target grid's frame to the
     /// reference's, row-major 4×4; default identity (same scanner frame).
     pub target_to_reference: Option<[[f64; 4]; 4]>,
+    /// Register the target image (the calibration session's reference)
+    /// to the session reference once, when the reference is set, and use
+    /// that as `target_to_reference`: the head sits differently in a new
+    /// session, and the subject's mask and voxel order live on the
+    /// calibration grid.
+    pub register_target: bool,
     /// Sphere radius for framewise displacement (Power et al.: 50 mm).
     pub fd_radius_mm: f64,
     /// FD above which a volume is flagged in logs and the QC table.
@@ -91,6 +97,7 @@ impl Default for RealignConfig {
             mask: None,
             target_grid: None,
             target_to_reference: None,
+            register_target: false,
             fd_radius_mm: 50.0,
             fd_threshold_mm: 0.5,
             registration: RegistrationOptions::default(),
@@ -106,7 +113,51 @@ struct Session {
     reference_mean: f64,
     reference: Arc<Volume>,
     source: String,
+    cross_session: Option<CrossSession>,
     announced: bool,
+}
+
+/// Where the calibration session's reference lies in this session: the
+/// once-per-session registration behind `register_target`.
+#[derive(Debug, Clone)]
+pub struct CrossSession {
+    /// The target image (the calibration reference).
+    pub target: String,
+    /// World (RAS mm) map from the target's frame to this session's
+    /// reference frame, row-major.
+    pub target_to_reference: [[f64; 4]; 4],
+    /// The same map as MCFLIRT-convention parameters about this session's
+    /// reference centre (this session's reference → the target): how far
+    /// the head moved between sessions.
+    pub params: MotionParams,
+    /// Registration time in seconds.
+    pub seconds: f64,
+}
+
+/// Register `target` (e.g. the calibration session's reference) to the
+/// session reference prepared in `registration` (whose grid is
+/// `reference`'s). Returns the world map from the target's frame to the
+/// reference's, ready for [`Resampler::onto_grid`], with its parameters.
+pub fn register_across_sessions(
+    registration: &Registration,
+    reference: &crate::volume::Grid,
+    target: &Volume,
+) -> Result<(Matrix4<f64>, MotionParams), RealignError> {
+    let reg = registration.register(target, &registration.world_init(target.grid()))?;
+    let inv = |m: Matrix4<f64>, what: &str| {
+        m.try_inverse()
+            .ok_or_else(|| RealignError::Setup(format!("{what} is singular")))
+    };
+    // reference FSL mm → target FSL mm, taken to world coordinates on both
+    // sides.
+    let ref_world_to_target_world = target.grid().affine
+        * inv(target.grid().vox_to_fsl(), "the target's voxel → FSL matrix")?
+        * reg.ref_to_volume
+        * reference.vox_to_fsl()
+        * inv(reference.affine, "the reference affine")?;
+    let target_to_reference = inv(ref_world_to_target_world, "the cross-session transform")?;
+    let params = par_from_ref_to_volume(&reg.ref_to_volume, registration.centre());
+    Ok((target_to_reference, params))
 }
 
 struct RunState {
@@ -163,6 +214,11 @@ impl Realigner {
         self.session.as_ref().map(|s| &s.mask)
     }
 
+    /// The cross-session registration, when `register_target` made one.
+    pub fn cross_session(&self) -> Option<&CrossSession> {
+        self.session.as_ref().and_then(|s| s.cross_session.as_ref())
+    }
+
     /// Centre of rotation of the `.par` parameters, once the reference is set.
     pub fn centre(&self) -> Option<nalgebra::Vector3<f64>> {
         self.session.as_ref().map(|s| s.registration.centre())
@@ -170,22 +226,50 @@ impl Realigner {
 
     fn set_reference(&mut self, reference: &Volume, source: String) -> Result<usize, RealignError> {
         let registration = Registration::new(reference, self.config.registration.clone())?;
+        let mut cross_session = None;
         let (resampler, target_image) = match &self.config.target_grid {
             Some(p) => {
                 let target = nifti::read_volume(p).map_err(|e| {
                     RealignError::Setup(format!("target grid {}: {e}", p.display()))
                 })?;
-                let x = self
-                    .config
-                    .target_to_reference
-                    .map(|m| Matrix4::from_fn(|r, c| m[r][c]))
-                    .unwrap_or_else(Matrix4::identity);
+                let x = if self.config.register_target {
+                    let start = Instant::now();
+                    let (x, params) =
+                        register_across_sessions(&registration, reference.grid(), &target)
+                            .map_err(|e| {
+                                RealignError::Setup(format!(
+                                    "registering the target {} to the session reference: {e}",
+                                    p.display()
+                                ))
+                            })?;
+                    cross_session = Some(CrossSession {
+                        target: p.display().to_string(),
+                        target_to_reference: std::array::from_fn(|r| {
+                            std::array::from_fn(|c| x[(r, c)])
+                        }),
+                        params,
+                        seconds: start.elapsed().as_secs_f64(),
+                    });
+                    x
+                } else {
+                    self.config
+                        .target_to_reference
+                        .map(|m| Matrix4::from_fn(|r, c| m[r][c]))
+                        .unwrap_or_else(Matrix4::identity)
+                };
                 (
                     Resampler::onto_grid(target.grid(), reference.grid(), &x),
                     Some(target),
                 )
             }
-            None => (Resampler::onto_reference(reference.grid()), None),
+            None => {
+                if self.config.register_target {
+                    return Err(RealignError::Setup(
+                        "register_target needs a target_grid image to register".into(),
+                    ));
+                }
+                (Resampler::onto_reference(reference.grid()), None)
+            }
         };
         let mask = match &self.config.mask {
             Some(p) => {
@@ -210,6 +294,7 @@ impl Realigner {
             reference_mean,
             reference: Arc::new(reference.clone()),
             source,
+            cross_session,
             announced: false,
         });
         Ok(n)
@@ -226,11 +311,26 @@ impl Realigner {
                 s.source,
                 s.mask.len()
             );
+            if let Some(c) = &s.cross_session {
+                let p = c.params.0;
+                tracing::info!(
+                    "calibration reference {} registered to this session's in {:.0} ms: rotations {:.2} {:.2} {:.2} deg, translations {:.2} {:.2} {:.2} mm",
+                    c.target,
+                    c.seconds * 1e3,
+                    p[0].to_degrees(),
+                    p[1].to_degrees(),
+                    p[2].to_degrees(),
+                    p[3],
+                    p[4],
+                    p[5]
+                );
+            }
             emit(PipelineEvent::ReferenceReady {
                 source: s.source.clone(),
                 mask_voxels: s.mask.len(),
                 reference: s.reference.clone(),
                 mask: Arc::new(s.mask.clone()),
+                cross_session: s.cross_session.clone(),
             });
         }
     }

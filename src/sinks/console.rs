@@ -33,8 +33,26 @@ impl<W: Write> Console<W> {
             PipelineEvent::ReferenceReady {
                 source,
                 mask_voxels,
+                cross_session,
                 ..
-            } => writeln!(self.out, "reference: {source}; mask {mask_voxels} voxels"),
+            } => {
+                writeln!(self.out, "reference: {source}; mask {mask_voxels} voxels")?;
+                if let Some(c) = cross_session {
+                    let p = c.params.0;
+                    writeln!(
+                        self.out,
+                        "calibration grid: the calibration reference lies {:.2} {:.2} {:.2} deg, {:.2} {:.2} {:.2} mm from this session's (registered in {:.0} ms); volumes are resampled onto it",
+                        p[0].to_degrees(),
+                        p[1].to_degrees(),
+                        p[2].to_degrees(),
+                        p[3],
+                        p[4],
+                        p[5],
+                        c.seconds * 1e3
+                    )?;
+                }
+                Ok(())
+            }
             PipelineEvent::Realigned(r) => {
                 self.volumes += 1;
                 let p = r.params.0;

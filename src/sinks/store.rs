@@ -206,6 +206,27 @@ impl SessionStore {
         )
     }
 
+    /// `cross_session.tsv`: where the calibration reference lies in this
+    /// session, so the resampling onto the calibration grid can be redone
+    /// offline.
+    fn cross_session(&self, c: &crate::realign::CrossSession) -> std::io::Result<()> {
+        let mut text = String::from(
+            "# calibration reference registered to this session's reference\n# target\t",
+        );
+        text.push_str(&c.target);
+        text.push_str("\n# seconds\t");
+        text.push_str(&format!("{:.4}", c.seconds));
+        text.push_str("\n# params (MCFLIRT convention: rx ry rz rad, tx ty tz mm)\t");
+        text.push_str(&c.params.par_line());
+        text.push_str("\n# target_to_reference world matrix, row-major\n");
+        for row in &c.target_to_reference {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:.9}")).collect();
+            text.push_str(&cells.join("\t"));
+            text.push('\n');
+        }
+        crate::sinks::atomic_write(&self.dir.join("cross_session.tsv"), text.as_bytes())
+    }
+
     /// Record one event.
     pub fn handle(&mut self, event: &PipelineEvent) -> std::io::Result<()> {
         match event {
@@ -214,8 +235,12 @@ impl SessionStore {
                 mask_voxels,
                 reference,
                 mask,
+                cross_session,
             } => {
                 self.mask_voxels = *mask_voxels;
+                if let Some(c) = cross_session {
+                    self.cross_session(c)?;
+                }
                 let opts = WriteOptions {
                     gzip: true,
                     ..Default::default()
