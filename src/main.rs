@@ -59,6 +59,10 @@ enum Command {
     },
     /// Single-trial betas offline: the live GLM over a realigned 4-D series.
     Glm(Box<boldstream::glm::offline::GlmArgs>),
+    /// Calibrate a new subject from a calibration session (runs + events):
+    /// write a subject folder with masks, voxel order, normalisation
+    /// statistics and a ridge adapter the decoder loads.
+    Calibrate(Box<boldstream::calibrate::CalibrateArgs>),
     /// Model folders for the decode stage.
     Models {
         #[command(subcommand)]
@@ -330,6 +334,10 @@ fn dispatch() -> anyhow::Result<()> {
             let base = opts.new_base();
             init_logging("error", Some(&base.join("session")))?;
             boldstream::demo::run_demo(&opts, &base).map(|_| ())
+        }
+        Command::Calibrate(args) => {
+            init_logging("warn", None)?;
+            boldstream::calibrate::run_cli(&args)
         }
         Command::Simulate(args) => {
             init_logging("info", None)?;

@@ -274,9 +274,38 @@ impl Pipeline {
             if let Some(mask) = s.mask {
                 tracing::info!("session mask: the subject's, {}", mask.display());
                 realign.mask = Some(mask);
+                // The mask lives on the calibration grid: output there.
+                if realign.target_grid.is_none()
+                    && let Some(reference) = s.reference
+                {
+                    tracing::info!(
+                        "output grid: the subject's calibration reference {}, registered to this session's reference at start",
+                        reference.display()
+                    );
+                    realign.target_grid = Some(reference);
+                    realign.register_target = realign.target_to_reference.is_none();
+                }
             }
         }
         Ok(realign)
+    }
+
+    /// The GLM settings, with the subject's calibration statistics for
+    /// z-scoring when the subject folder has them and nothing else is asked.
+    fn glm_config(config: &Config) -> Result<crate::glm::stage::GlmConfig, PipelineError> {
+        let mut glm = config.glm.clone();
+        if glm.zscore_stats.is_none()
+            && !glm.session_zscore
+            && config.decode.enabled()
+            && let Some(subject) = &config.decode.subject
+        {
+            let s = crate::decode::manifest::SubjectManifest::load(subject)?;
+            if let Some(z) = s.zscore {
+                tracing::info!("z-scoring betas with the subject's calibration statistics {}", z.display());
+                glm.zscore_stats = Some(z);
+            }
+        }
+        Ok(glm)
     }
 
     /// Create the session folder, prepare realign, and start every stage.
@@ -294,7 +323,7 @@ impl Pipeline {
         };
         let mut realigner = Realigner::new(Pipeline::realign_config(config)?)?;
         let mut glm = GlmStage::new(
-            config.glm.clone(),
+            Pipeline::glm_config(config)?,
             config.buffer.clone(),
             config.ingest.volumes_per_run,
         )

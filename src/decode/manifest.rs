@@ -1052,6 +1052,15 @@ pub struct SubjectManifest {
     /// calibration session writes it).
     #[serde(default)]
     pub mask: Option<PathBuf>,
+    /// The calibration session's reference volume: the grid the mask lives
+    /// on. A live session registers it to its own reference once and
+    /// resamples every volume onto it (optional).
+    #[serde(default)]
+    pub reference: Option<PathBuf>,
+    /// Beta normalisation statistics from calibration: a `(2, voxels)`
+    /// `.npy` of per-voxel mean and standard deviation (optional).
+    #[serde(default)]
+    pub zscore: Option<PathBuf>,
     /// The manifest file.
     #[serde(skip)]
     pub path: PathBuf,
@@ -1072,6 +1081,12 @@ impl SubjectManifest {
         resolve_file(&dir, &mut s.adapter.file, "adapter.file", &file)?;
         if let Some(m) = &mut s.mask {
             resolve_file(&dir, m, "mask", &file)?;
+        }
+        if let Some(m) = &mut s.reference {
+            resolve_file(&dir, m, "reference", &file)?;
+        }
+        if let Some(m) = &mut s.zscore {
+            resolve_file(&dir, m, "zscore", &file)?;
         }
         check_float(&s.adapter.input, "adapter.input", &file)?;
         check_float(&s.adapter.output, "adapter.output", &file)?;

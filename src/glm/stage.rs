@@ -60,6 +60,10 @@ pub struct GlmConfig {
     /// Calibration statistics for z-scoring (`.npy`, shape (2, voxels):
     /// mean, std); default: the session's betas so far.
     pub zscore_stats: Option<PathBuf>,
+    /// z-score against the session's own betas even when the decoder's
+    /// subject folder has calibration statistics (which are used by
+    /// default, so live betas are scaled as the adapter's training betas).
+    pub session_zscore: bool,
     /// Added to the standard deviation when z-scoring.
     pub zscore_epsilon: f64,
     /// Average an image's repeated presentations for decoding.
@@ -86,6 +90,7 @@ impl Default for GlmConfig {
             planned_volumes: None,
             warmup_runs: 0,
             zscore_stats: None,
+            session_zscore: false,
             zscore_epsilon: 1e-6,
             average_repeats: false,
             live_events: None,
