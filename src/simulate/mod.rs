@@ -15,8 +15,12 @@
 //! - [`phantom`]: the analytic head (EPI contrast, smooth edges, asymmetric
 //!   structure, a task region);
 //! - [`motion`]: drift-and-jerk trajectories, zero at the first volume;
-//! - [`hrf`] and [`events`]: Glover HRF, BIDS `events.tsv`, a default design;
-//! - [`synth`]: renders volume `i` exactly from the truth;
+//! - [`hrf`] and [`events`]: Glover HRF, BIDS `events.tsv`, a default design
+//!   and real-time MindEye's;
+//! - [`synth`]: renders volume `i` exactly from the truth (optionally with
+//!   physiological noise and a session head pose);
+//! - [`visual`] and [`patterns`]: simulated subjects whose visual cortex
+//!   answers each image with its own voxel pattern;
 //! - [`faults`], [`naming`], [`writer`], [`truth`]: the exporter;
 //! - [`replay`]: replaying 4-D files and exporting clean 4-D series.
 //!
@@ -41,14 +45,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-pub use events::{Event, read_events, write_events};
+pub use events::{
+    Event, MindEyeDesign, mindeye_run, mindeye_session, mindeye_volumes, read_events, write_events,
+};
 pub use faults::{CorruptKind, DupMode, Fault, FaultPlan, VolumeFaults};
 pub use motion::{MotionModel, MotionSpec};
 pub use naming::{Naming, ParsedName};
+pub use patterns::StimulusPatterns;
 pub use phantom::{Contrast, Phantom, Tissue};
 pub use replay::{ReplaySeries, write_4d};
-pub use synth::{DriftSpec, FrameTruth, SynthSeries, SynthSpec};
+pub use synth::{DriftSpec, FrameTruth, PhysioSpec, SynthSeries, SynthSpec};
 pub use truth::read_motion_par;
+pub use visual::{Prf, PrfLayout, SubjectProfile, VisualCortex, load_images};
 pub use writer::{
     FaultRecord, Pace, ScanWriter, SimulationReport, Timing, TruthLocation, VolumeSource,
     WriterOptions, WrittenFile, simulate,
