@@ -58,7 +58,7 @@ pub struct DemoOptions {
     #[arg(long, default_value = "sim-01")]
     pub subject: String,
     /// Runs of the calibration session.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 6)]
     pub calibration_runs: usize,
     /// Runs of the live session; the first is a warm-up run (not decoded).
     #[arg(long, default_value_t = 3)]
@@ -88,6 +88,12 @@ pub struct DemoOptions {
     /// the adapter is fitted to).
     #[arg(long, default_value = "onnx/demo")]
     pub model: PathBuf,
+    /// Seconds after a trial's onset at which its beta is estimated, in
+    /// calibration and live alike. Real-time MindEye uses 7.5 s; one TR
+    /// more lets the response peak in and keeps the next trials' responses
+    /// from leaking into this one's beta (3 s images 4 s apart).
+    #[arg(long, default_value_t = 9.0)]
+    pub glm_delay: f64,
     /// Skip the learning curve (adapters on 25 % and 50 % of the trials).
     #[arg(long)]
     pub no_learning_curve: bool,
@@ -98,7 +104,7 @@ impl Default for DemoOptions {
         DemoOptions {
             out: PathBuf::from("demo-out"),
             subject: "sim-01".into(),
-            calibration_runs: 4,
+            calibration_runs: 6,
             runs: 3,
             images_per_run: 63,
             blank_trials: 5,
@@ -107,6 +113,7 @@ impl Default for DemoOptions {
             no_faults: false,
             seed: 1,
             model: PathBuf::from("onnx/demo"),
+            glm_delay: 9.0,
             no_learning_curve: false,
         }
     }
@@ -153,6 +160,12 @@ pub struct DemoReport {
     /// Seconds: calibration (simulate + betas + fit), live, report.
     pub seconds: (f64, f64, f64),
 }
+
+/// Spatial smoothness of the simulated cortex's responses (Gaussian σ in
+/// voxels): neighbouring voxels share much of their tuning, as on cortex,
+/// so a response pattern survives motion and resampling as it does in real
+/// data.
+const SMOOTH_VOXELS: f64 = 1.0;
 
 /// The stimulus set: the model's bank, split into calibration and held-out
 /// images.
@@ -358,6 +371,12 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
     );
     let plain = SynthSeries::new(cal_spec.clone()).context("building the calibration session")?;
     let (_, pattern_voxels) = region(&plain, profile.voxels)?;
+    let responses = crate::simulate::patterns::smooth_in_space(
+        &responses,
+        &pattern_voxels,
+        plain.grid(),
+        SMOOTH_VOXELS,
+    );
     // The region calibration searches: twice the responsive voxels.
     let (region_mask, _) = region(&plain, 2 * profile.voxels)?;
     let region_path = truth.join("region_mask.nii.gz");
@@ -391,9 +410,13 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
     });
     let betas = calibrate::estimate_betas_from(
         cal_runs,
-        &BetaSettings {
-            region: Some(region_path.clone()),
-            ..BetaSettings::default()
+        &{
+            let mut b = BetaSettings {
+                region: Some(region_path.clone()),
+                ..BetaSettings::default()
+            };
+            b.glm.delay = opts.glm_delay;
+            b
         },
     )?;
     println!(
@@ -467,7 +490,7 @@ struct Live {
     cross_session_error: Option<(f64, f64)>,
     trials: usize,
     image_trials: usize,
-    realigned: Vec<Box<crate::messages::RealignedVolume>>,
+    realigned: Vec<crate::messages::RealignedVolume>,
     betas: Vec<TrialBeta>,
     decoded: Vec<TrialDecoded>,
     recons: Vec<TrialReconstructed>,
@@ -546,7 +569,11 @@ fn live_session(
         tr: Some(tr),
         events: tables,
         warmup_runs: 1,
+        delay: opts.glm_delay,
         skip_trial_types: vec!["blank".into()],
+        // As MindEye does for its test images: a repeated image is decoded
+        // from the mean of its presentations so far.
+        average_repeats: true,
         feedback: crate::glm::feedback::FeedbackConfig {
             rois: vec![crate::glm::feedback::RoiConfig {
                 name: "visual".into(),
@@ -636,7 +663,7 @@ fn live_session(
     let mut cross = None;
     let mut take = |ev: PipelineEvent, live: &mut Live| match ev {
         PipelineEvent::ReferenceReady { cross_session, .. } => cross = cross_session,
-        PipelineEvent::Realigned(r) => live.realigned.push(r),
+        PipelineEvent::Realigned(r) => live.realigned.push(*r),
         PipelineEvent::Beta(b) => live.betas.push(*b),
         PipelineEvent::Decoded(d) => live.decoded.push(*d),
         PipelineEvent::Reconstructed(r) => live.recons.push(*r),
@@ -668,7 +695,6 @@ fn live_session(
     while let Ok(ev) = obs_rx.try_recv() {
         take(ev, &mut live);
     }
-    drop(take);
     live.files_written = sim_report.written.len();
 
     let (mut se_r, mut se_t, mut n) = (0.0, 0.0, 0usize);
@@ -936,7 +962,7 @@ fn learning_curve(
         let mut norm = crate::glm::normalize::Normalizer::fixed(
             stats,
             crate::glm::stage::GlmConfig::default().zscore_epsilon,
-            false,
+            true,
         );
         let set = crate::decode::models::ModelSet::load(&rt, &opts.model, &dir, None)?;
         let (mut fast, recon) = set.split();

@@ -1,19 +1,22 @@
-//! Decoding through the whole daemon: the demo's simulated subject sees
-//! images from the demo model's bank, the simulator writes the scans, and
-//! ingest → realign → GLM → decode → store retrieve and reconstruct every
-//! trial after the warm-up run. Needs the ONNX Runtime `make test` installs.
+//! The whole demo on a small scale: a simulated subject is calibrated, a
+//! later session (head moved) is followed live by the daemon, every trial
+//! after the warm-up run is retrieved and reconstructed, and the report is
+//! written from it.
 
 use std::path::PathBuf;
 
 use boldstream::demo::{DemoOptions, run_demo};
 
 #[test]
-fn the_daemon_retrieves_the_images_the_simulated_subject_saw() {
+fn demo_calibrates_decodes_every_trial_and_writes_the_report() {
     let tmp = tempfile::tempdir().unwrap();
     let opts = DemoOptions {
         out: tmp.path().to_path_buf(),
+        calibration_runs: 3,
         runs: 2,
-        volumes: 80,
+        images_per_run: 30,
+        blank_trials: 2,
+        test_images: 20,
         speed: 40.0,
         // Faults change which frames exist, and with them the betas; this
         // test wants the same numbers every time.
@@ -22,54 +25,85 @@ fn the_daemon_retrieves_the_images_the_simulated_subject_saw() {
         ..DemoOptions::default()
     };
     let base = tmp.path().join("demo");
-    let report = run_demo(&opts, &base).unwrap();
-    let d = report.decode.clone().expect("decoding was on");
-    println!("{d:?}");
-    assert!(
-        report.trials >= 10,
-        "only {} trials after warm-up",
-        report.trials
+    let r = run_demo(&opts, &base).unwrap();
+    println!(
+        "calibration {} trials, {} of {} voxels selected, cv R² {:.3}; session {:?}; curve {:?}; cross-session error {:?}",
+        r.calibration_trials,
+        r.calibration.selected,
+        r.calibration.region_voxels,
+        r.calibration.cv_r2,
+        r.session,
+        r.learning_curve
+            .iter()
+            .map(|(l, n, m)| (l.clone(), *n, m.top1, m.two_way_pixcorr))
+            .collect::<Vec<_>>(),
+        r.cross_session_error
     );
-    assert_eq!(report.betas, report.trials);
-    assert_eq!(
-        d.decoded, report.trials,
-        "every non-warm-up trial is retrieved"
-    );
-    assert_eq!(
-        d.reconstructed, d.decoded,
-        "and reconstructed (policy queue)"
-    );
-    assert_eq!(d.skipped, 0);
-    assert_eq!(d.bank, 150);
-    // Chance is 1/150 for top-1 and 5/150 for top-5.
-    assert!(d.top1 * 5 >= d.decoded, "top-1 {} of {}", d.top1, d.decoded);
-    assert!(d.top5 * 2 >= d.decoded, "top-5 {} of {}", d.top5, d.decoded);
+
+    // Calibration: every image trial of the calibration runs has a beta.
+    assert_eq!(r.calibration_trials, 3 * 30);
+    assert_eq!(r.calibration.region_voxels, 2 * 2000);
+
+    // The head moved between sessions; the registration found where.
+    let (deg, mm) = r.cross_session_error.expect("cross-session registration ran");
+    assert!(deg < 0.2 && mm < 0.2, "{deg} deg, {mm} mm");
+
+    // Every image trial of the decoded run: a beta, a retrieval and a
+    // reconstruction; nothing skipped.
+    assert_eq!(r.image_trials, 30);
+    assert_eq!(r.betas, r.image_trials);
+    assert_eq!(r.decoded, r.image_trials);
+    assert_eq!(r.reconstructed, r.decoded);
+    assert_eq!(r.skipped, 0);
+
+    // Decoding beats chance among the session's 20 held-out images.
+    let s = &r.session;
+    assert_eq!(s.candidates, 20);
+    assert!((s.chance - 0.05).abs() < 1e-12);
+    assert!(s.top1 >= 2.0 * s.chance, "top-1 {}", s.top1);
+    assert!(s.two_way_pixcorr > 0.6, "two-way {}", s.two_way_pixcorr);
+
+    // The learning curve: three fits on growing shares of the calibration.
+    let n: Vec<usize> = r.learning_curve.iter().map(|(_, n, _)| *n).collect();
+    assert_eq!(n.len(), 3);
+    assert!(n[0] < n[1] && n[1] < n[2] && n[2] == r.calibration_trials, "{n:?}");
+
+    // The report: one row per trial, its images copied beside the page,
+    // and the metrics table.
+    let html = std::fs::read_to_string(&r.report).unwrap();
+    let dir = r.report.parent().unwrap();
+    let rows = html.matches("<tr><td>2</td><td>").count();
+    assert_eq!(rows, r.decoded, "one row per trial of run 2");
+    let imgs = std::fs::read_dir(dir.join("img")).unwrap().count();
+    // Each trial's reconstruction plus its stimulus and candidates.
+    assert!(imgs >= r.reconstructed + 20, "{imgs} images");
+    let tsv = std::fs::read_to_string(dir.join("metrics.tsv")).unwrap();
+    assert!(tsv.lines().count() >= 1 + 2, "{tsv}");
+    assert!(html.contains("<svg"), "the motion plot");
 
     // The session store has every output, row for row.
-    let dir = report.pipeline.session_dir.join("decode");
-    let rows = |f: &str| {
-        std::fs::read_to_string(dir.join(f))
+    let store = r.pipeline.session_dir.join("decode");
+    let count = |f: &str| {
+        std::fs::read_to_string(store.join(f))
             .unwrap()
             .lines()
             .count()
             - 1
     };
-    assert_eq!(rows("retrieval.tsv"), d.decoded);
-    assert_eq!(rows("recon.tsv"), d.reconstructed);
-    assert_eq!(rows("steps.tsv"), d.reconstructed * (20 + 12 + 1));
-    assert_eq!(rows("models.tsv"), 5);
-    assert_eq!(rows("skipped.tsv"), 0);
-    let pngs = std::fs::read_dir(dir.join("recon")).unwrap().count();
-    assert_eq!(pngs, d.reconstructed);
-    let (_, n, e) =
-        boldstream::sinks::npy::decode_2d(&std::fs::read(dir.join("query.npy")).unwrap()).unwrap();
-    assert_eq!((n, e), (d.decoded, 64));
-    let recon = std::fs::read_to_string(dir.join("recon.tsv")).unwrap();
-    for line in recon.lines().skip(1) {
-        let f: Vec<&str> = line.split('\t').collect();
-        assert_eq!(&f[4..6], ["0", "0"], "seeds recorded: {line}");
-        let (img, chw) = boldstream::sinks::image::read_png(&dir.join(f[3])).unwrap();
-        assert_eq!(chw, (3, 64, 64));
-        assert!(img.iter().any(|&v| v > 0.0));
+    assert_eq!(count("retrieval.tsv"), r.decoded);
+    assert_eq!(count("recon.tsv"), r.reconstructed);
+    assert_eq!(count("skipped.tsv"), 0);
+    assert!(r.pipeline.session_dir.join("cross_session.tsv").is_file());
+    let subject = r.calibration.dir.clone();
+    for f in [
+        "subject.toml",
+        "adapter.onnx",
+        "mask.nii.gz",
+        "reference.nii.gz",
+        "zscore.npy",
+        "voxels.tsv",
+        "calibration.toml",
+    ] {
+        assert!(subject.join(f).is_file(), "{f} in the subject folder");
     }
 }

@@ -653,7 +653,24 @@ pub fn fit_subject(
                 y.extend_from_slice(&targets[i]);
             }
             let seconds_targets = t_targets.elapsed().as_secs_f64();
-            let (selected, threshold, scores) = if opts.thresholds.is_empty() {
+            let repeated = {
+                let mut seen: HashMap<&str, usize> = HashMap::new();
+                for i in &images {
+                    *seen.entry(i.as_str()).or_default() += 1;
+                }
+                seen.values().filter(|&&c| c >= 2).count()
+            };
+            // Reliability needs repeats; a short calibration (the start of
+            // a learning curve) may have none, and then every voxel stays.
+            if !opts.thresholds.is_empty() && repeated < reliability::MIN_REPEATED_IMAGES {
+                tracing::warn!(
+                    "voxel selection skipped: {repeated} images shown at least twice in the {n} trials fitted (it needs {})",
+                    reliability::MIN_REPEATED_IMAGES
+                );
+            }
+            let (selected, threshold, scores) = if opts.thresholds.is_empty()
+                || repeated < reliability::MIN_REPEATED_IMAGES
+            {
                 ((0..v_region).collect::<Vec<_>>(), None, Vec::new())
             } else {
                 let sel = reliability::select_voxels_cv(
