@@ -339,7 +339,11 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
     }
     let t_start = Instant::now();
     let stim = stimuli(opts)?;
-    let me = MindEyeDesign::default();
+    let me = MindEyeDesign {
+        images_per_run: opts.images_per_run,
+        blank_trials_per_run: opts.blank_trials,
+        ..MindEyeDesign::default()
+    };
     let tr = me.tr;
     let volumes = mindeye_volumes(&me, opts.images_per_run + opts.blank_trials);
 

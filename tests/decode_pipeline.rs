@@ -59,6 +59,7 @@ fn demo_calibrates_decodes_every_trial_and_writes_the_report() {
     // Decoding beats chance among the session's 20 held-out images.
     let s = &r.session;
     assert_eq!(s.candidates, 20);
+    assert_eq!(s.trials, r.decoded);
     assert!((s.chance - 0.05).abs() < 1e-12);
     assert!(s.top1 >= 2.0 * s.chance, "top-1 {}", s.top1);
     assert!(s.two_way_pixcorr > 0.6, "two-way {}", s.two_way_pixcorr);
