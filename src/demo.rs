@@ -193,8 +193,8 @@ fn stimuli(opts: &DemoOptions) -> anyhow::Result<Stimuli> {
         .filter(|l| !l.is_empty())
         .map(str::to_string)
         .collect();
-    let bytes =
-        std::fs::read(&r.embeddings).with_context(|| format!("reading {}", r.embeddings.display()))?;
+    let bytes = std::fs::read(&r.embeddings)
+        .with_context(|| format!("reading {}", r.embeddings.display()))?;
     let (values, rows, cols) = crate::sinks::npy::decode_2d(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: {e}", r.embeddings.display()))?;
     anyhow::ensure!(
@@ -209,7 +209,10 @@ fn stimuli(opts: &DemoOptions) -> anyhow::Result<Stimuli> {
         .map(|(i, id)| {
             (
                 id.clone(),
-                values[i * cols..(i + 1) * cols].iter().map(|&v| v as f32).collect(),
+                values[i * cols..(i + 1) * cols]
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect(),
             )
         })
         .collect();
@@ -220,7 +223,9 @@ fn stimuli(opts: &DemoOptions) -> anyhow::Result<Stimuli> {
         ids.len()
     );
     let mut shuffled = ids.clone();
-    shuffled.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(opts.seed, 71)));
+    shuffled.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(mix_seed(
+        opts.seed, 71,
+    )));
     let test = shuffled[..opts.test_images].to_vec();
     let train = shuffled[opts.test_images..].to_vec();
     Ok(Stimuli {
@@ -391,7 +396,10 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
         cal_seed,
     )?)?;
     for (r, ev) in cal_events.iter().enumerate() {
-        crate::events::write_events(&truth.join(format!("calibration_run-{:02}_events.tsv", r + 1)), ev)?;
+        crate::events::write_events(
+            &truth.join(format!("calibration_run-{:02}_events.tsv", r + 1)),
+            ev,
+        )?;
     }
     println!(
         "boldstream demo: subject {} ({} responsive voxels with pRFs), calibration session of {} runs x {} volumes (TR {tr} s, {} images + {} blanks per run), rendered in memory",
@@ -412,17 +420,14 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
             volumes: Box::new((0..volumes).map(move |i| Ok(series.volume(r * volumes + i)))),
         })
     });
-    let betas = calibrate::estimate_betas_from(
-        cal_runs,
-        &{
-            let mut b = BetaSettings {
-                region: Some(region_path.clone()),
-                ..BetaSettings::default()
-            };
-            b.glm.delay = opts.glm_delay;
-            b
-        },
-    )?;
+    let betas = calibrate::estimate_betas_from(cal_runs, &{
+        let mut b = BetaSettings {
+            region: Some(region_path.clone()),
+            ..BetaSettings::default()
+        };
+        b.glm.delay = opts.glm_delay;
+        b
+    })?;
     println!(
         "calibration betas: {} trials from {} volumes (realign {:.1} s, GLM {:.1} s), {} region voxels",
         betas.trials.len(),
@@ -446,7 +451,17 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
 
     // 2. The live session.
     let t_live = Instant::now();
-    let live = live_session(opts, &profile, &stim, &me, volumes, &pattern_voxels, &responses, &base, &region_path)?;
+    let live = live_session(
+        opts,
+        &profile,
+        &stim,
+        &me,
+        volumes,
+        &pattern_voxels,
+        &responses,
+        &base,
+        &region_path,
+    )?;
     let seconds_live = t_live.elapsed().as_secs_f64();
 
     // 3. Report and learning curve.
@@ -519,7 +534,13 @@ fn live_session(
     let seed = mix_seed(opts.seed, 3);
     // The warm-up run shows calibration images; the decoded runs the
     // held-out ones, with repeats.
-    let mut events = design(&stim.train, 1, opts.images_per_run, me, mix_seed(opts.seed, 4));
+    let mut events = design(
+        &stim.train,
+        1,
+        opts.images_per_run,
+        me,
+        mix_seed(opts.seed, 4),
+    );
     events.extend(design(
         &stim.test,
         opts.runs - 1,
@@ -620,7 +641,11 @@ fn live_session(
             .map(|a| a.to_degrees().powi(2))
             .sum::<f64>()
             .sqrt(),
-        profile.session_pose[3..].iter().map(|a| a * a).sum::<f64>().sqrt(),
+        profile.session_pose[3..]
+            .iter()
+            .map(|a| a * a)
+            .sum::<f64>()
+            .sqrt(),
         opts.speed,
         export.display()
     );
@@ -712,7 +737,13 @@ fn live_session(
             n += 3;
         }
     }
-    let rms = |s: f64| if n > 0 { (s / n as f64).sqrt() } else { f64::NAN };
+    let rms = |s: f64| {
+        if n > 0 {
+            (s / n as f64).sqrt()
+        } else {
+            f64::NAN
+        }
+    };
     live.rms_error = (rms(se_r), rms(se_t));
     live.latency_ms = percentiles(
         live.realigned
@@ -747,7 +778,10 @@ fn cross_session_error(series: &SynthSeries, c: &crate::realign::CrossSession) -
         .try_inverse()
         .map_or(Matrix4::identity(), |inv| inv * truth);
     let r = d.fixed_view::<3, 3>(0, 0).into_owned();
-    let angle = ((r.trace() - 1.0) / 2.0).clamp(-1.0, 1.0).acos().to_degrees();
+    let angle = ((r.trace() - 1.0) / 2.0)
+        .clamp(-1.0, 1.0)
+        .acos()
+        .to_degrees();
     let t = d.fixed_view::<3, 1>(0, 3).norm();
     (angle, t)
 }
@@ -773,7 +807,10 @@ fn trial_rows(
                 run: d.run,
                 trial: d.trial,
                 stim_id: d.stim_id.clone(),
-                stimulus_png: d.stim_id.as_deref().and_then(|i| png_of(&stim.images_dir, i)),
+                stimulus_png: d
+                    .stim_id
+                    .as_deref()
+                    .and_then(|i| png_of(&stim.images_dir, i)),
                 top: d.top.clone(),
                 top_png: d
                     .top
@@ -827,19 +864,30 @@ fn report_data(
             samples_ms: live
                 .realigned
                 .iter()
-                .map(|r| ms(r.ingest.decoded.saturating_duration_since(r.ingest.first_seen)))
+                .map(|r| {
+                    ms(r.ingest
+                        .decoded
+                        .saturating_duration_since(r.ingest.first_seen))
+                })
                 .collect(),
         },
         StageLatency {
             stage: "realign + resample onto the calibration grid".into(),
-            samples_ms: live.realigned.iter().map(|r| r.realign_seconds * 1e3).collect(),
+            samples_ms: live
+                .realigned
+                .iter()
+                .map(|r| r.realign_seconds * 1e3)
+                .collect(),
         },
         StageLatency {
             stage: "file seen → realigned".into(),
             samples_ms: live
                 .realigned
                 .iter()
-                .map(|r| ms(r.realigned_at.saturating_duration_since(r.ingest.first_seen)))
+                .map(|r| {
+                    ms(r.realigned_at
+                        .saturating_duration_since(r.ingest.first_seen))
+                })
                 .collect(),
         },
         StageLatency {
@@ -848,7 +896,10 @@ fn report_data(
                 .betas
                 .iter()
                 .filter(|b| !b.warmup)
-                .filter_map(|b| b.trigger_seen.map(|t| ms(b.ready.saturating_duration_since(t))))
+                .filter_map(|b| {
+                    b.trigger_seen
+                        .map(|t| ms(b.ready.saturating_duration_since(t)))
+                })
                 .collect(),
         },
         StageLatency {
@@ -893,7 +944,8 @@ fn report_data(
             fit.images,
             fit.selected,
             fit.region_voxels,
-            fit.threshold.map_or_else(|| "none".to_string(), |t| t.to_string()),
+            fit.threshold
+                .map_or_else(|| "none".to_string(), |t| t.to_string()),
             fit.form,
             fit.cv_r2
         ),
@@ -1110,7 +1162,9 @@ fn print_report(r: &DemoReport, base: &Path) {
         fmt3(r.session.reconstruction_ms)
     );
     if !r.learning_curve.is_empty() {
-        println!("learning curve (live session decoded with adapters fitted on part of the calibration):");
+        println!(
+            "learning curve (live session decoded with adapters fitted on part of the calibration):"
+        );
         for (label, n, m) in &r.learning_curve {
             println!("  {label:>5} ({n:>3} trials): {}", metrics_line(m));
         }
@@ -1123,7 +1177,9 @@ fn print_report(r: &DemoReport, base: &Path) {
         r.seconds.2
     );
     println!("report: {}", r.report.display());
-    println!("dashboard: none yet (the live dashboard is issue 6); the console above is the live view");
+    println!(
+        "dashboard: none yet (the live dashboard is issue 6); the console above is the live view"
+    );
     println!("subject folder: {}", r.calibration.dir.display());
     println!("session folder: {}", s.session_dir.display());
     println!("simulator truth: {}", base.join("truth").display());

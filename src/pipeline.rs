@@ -301,7 +301,10 @@ impl Pipeline {
         {
             let s = crate::decode::manifest::SubjectManifest::load(subject)?;
             if let Some(z) = s.zscore {
-                tracing::info!("z-scoring betas with the subject's calibration statistics {}", z.display());
+                tracing::info!(
+                    "z-scoring betas with the subject's calibration statistics {}",
+                    z.display()
+                );
                 glm.zscore_stats = Some(z);
             }
         }

@@ -45,7 +45,9 @@ fn demo_calibrates_decodes_every_trial_and_writes_the_report() {
     assert_eq!(r.calibration.region_voxels, 2 * 2000);
 
     // The head moved between sessions; the registration found where.
-    let (deg, mm) = r.cross_session_error.expect("cross-session registration ran");
+    let (deg, mm) = r
+        .cross_session_error
+        .expect("cross-session registration ran");
     assert!(deg < 0.2 && mm < 0.2, "{deg} deg, {mm} mm");
 
     // Every image trial of the decoded run: a beta, a retrieval and a
@@ -67,7 +69,10 @@ fn demo_calibrates_decodes_every_trial_and_writes_the_report() {
     // The learning curve: three fits on growing shares of the calibration.
     let n: Vec<usize> = r.learning_curve.iter().map(|(_, n, _)| *n).collect();
     assert_eq!(n.len(), 3);
-    assert!(n[0] < n[1] && n[1] < n[2] && n[2] == r.calibration_trials, "{n:?}");
+    assert!(
+        n[0] < n[1] && n[1] < n[2] && n[2] == r.calibration_trials,
+        "{n:?}"
+    );
 
     // The report: one row per trial, its images copied beside the page,
     // and the metrics table.

@@ -193,9 +193,10 @@ pub fn open_run(input: &RunInput) -> Result<RunVolumes<'static>, CalibrateError>
             .ok()
             .and_then(|b| nifti::decode_series(&b).ok())
             .and_then(|s| s.tr);
-        let rest = files.into_iter().skip(1).map(|f| {
-            nifti::read_volume(&f).map_err(|e| input_err(&f, e.to_string()))
-        });
+        let rest = files
+            .into_iter()
+            .skip(1)
+            .map(|f| nifti::read_volume(&f).map_err(|e| input_err(&f, e.to_string())));
         Ok(RunVolumes {
             label: data.clone(),
             events,
@@ -261,13 +262,15 @@ pub fn estimate_betas_from<'a>(
     .map_err(|e| CalibrateError::Step(format!("preparing realignment: {e}")))?;
     let mut out = SessionBetas {
         reference: Volume::zeros(crate::volume::Grid::centred([1, 1, 1], [1.0; 3])),
-        brain: SessionMask::from_file_order(crate::volume::Grid::centred([1, 1, 1], [1.0; 3]), &[
-            true,
-        ])
+        brain: SessionMask::from_file_order(
+            crate::volume::Grid::centred([1, 1, 1], [1.0; 3]),
+            &[true],
+        )
         .map_err(|e| CalibrateError::Step(e.to_string()))?,
-        region: SessionMask::from_file_order(crate::volume::Grid::centred([1, 1, 1], [1.0; 3]), &[
-            true,
-        ])
+        region: SessionMask::from_file_order(
+            crate::volume::Grid::centred([1, 1, 1], [1.0; 3]),
+            &[true],
+        )
         .map_err(|e| CalibrateError::Step(e.to_string()))?,
         trials: Vec::new(),
         skipped: Vec::new(),
@@ -520,7 +523,10 @@ pub fn targets_for(
             }
             Ok((out, output.len()))
         }
-        TargetsSpec::Table { file, ids: ids_file } => {
+        TargetsSpec::Table {
+            file,
+            ids: ids_file,
+        } => {
             let bytes = std::fs::read(file).map_err(|e| input_err(file, e.to_string()))?;
             let (values, rows, cols) =
                 crate::sinks::npy::decode_2d(&bytes).map_err(|e| input_err(file, e))?;
@@ -530,7 +536,11 @@ pub fn targets_for(
             if names.len() != rows {
                 return Err(input_err(
                     ids_file,
-                    format!("{} ids for {rows} target rows in {}", names.len(), file.display()),
+                    format!(
+                        "{} ids for {rows} target rows in {}",
+                        names.len(),
+                        file.display()
+                    ),
                 ));
             }
             let mut out = HashMap::new();
@@ -668,31 +678,36 @@ pub fn fit_subject(
                     reliability::MIN_REPEATED_IMAGES
                 );
             }
-            let (selected, threshold, scores) = if opts.thresholds.is_empty()
-                || repeated < reliability::MIN_REPEATED_IMAGES
-            {
-                ((0..v_region).collect::<Vec<_>>(), None, Vec::new())
-            } else {
-                let sel = reliability::select_voxels_cv(
-                    &x,
-                    n,
-                    v_region,
-                    &y,
-                    latent,
-                    &images,
-                    &groups,
-                    &opts.thresholds,
-                    &opts.ridge,
-                )
-                .map_err(|e| CalibrateError::Step(format!("voxel selection: {e}")))?;
-                (sel.voxels, sel.threshold, sel.scores)
-            };
+            let (selected, threshold, scores) =
+                if opts.thresholds.is_empty() || repeated < reliability::MIN_REPEATED_IMAGES {
+                    ((0..v_region).collect::<Vec<_>>(), None, Vec::new())
+                } else {
+                    let sel = reliability::select_voxels_cv(
+                        &x,
+                        n,
+                        v_region,
+                        &y,
+                        latent,
+                        &images,
+                        &groups,
+                        &opts.thresholds,
+                        &opts.ridge,
+                    )
+                    .map_err(|e| CalibrateError::Step(format!("voxel selection: {e}")))?;
+                    (sel.voxels, sel.threshold, sel.scores)
+                };
             let xs = take_columns(&x, n, v_region, &selected);
             let fit = ridge::fit_ridge_cv(&xs, n, selected.len(), &y, latent, &groups, &opts.ridge)
                 .map_err(|e| CalibrateError::Step(format!("ridge regression: {e}")))?;
             (selected, threshold, scores, Some(fit), seconds_targets)
         }
-        Some(_) => ((0..v_region).collect::<Vec<_>>(), None, Vec::new(), None, 0.0),
+        Some(_) => (
+            (0..v_region).collect::<Vec<_>>(),
+            None,
+            Vec::new(),
+            None,
+            0.0,
+        ),
     };
     let seconds_fit = t_targets.elapsed().as_secs_f64() - seconds_targets;
 
@@ -729,17 +744,16 @@ pub fn fit_subject(
         tsv.push_str(&format!("{c}\t{i}\t{j}\t{k}\t{}\t{r}\n", u8::from(sel)));
     }
     write_text(&out.join("voxels.tsv"), &tsv)?;
-    let z: Vec<f32> = mean
-        .iter()
-        .chain(sd.iter())
-        .map(|&x| x as f32)
-        .collect();
+    let z: Vec<f32> = mean.iter().chain(sd.iter()).map(|&x| x as f32).collect();
     npy_2d(&out.join("zscore.npy"), 2, v, &z)?;
     npy_2d(
         &out.join("betas.npy"),
         n,
         v_region,
-        &trials.iter().flat_map(|t| t.beta.iter().copied()).collect::<Vec<_>>(),
+        &trials
+            .iter()
+            .flat_map(|t| t.beta.iter().copied())
+            .collect::<Vec<_>>(),
     )?;
     let mut index = String::from("row\trun\ttrial\tonset\tstim_id\n");
     for (r, t) in trials.iter().enumerate() {
@@ -786,7 +800,8 @@ pub fn fit_subject(
             )
         }
         (None, Some(external)) => {
-            std::fs::copy(external, &adapter_path).map_err(|e| input_err(external, e.to_string()))?;
+            std::fs::copy(external, &adapter_path)
+                .map_err(|e| input_err(external, e.to_string()))?;
             ("external".to_string(), f64::NAN, f64::NAN)
         }
         (None, None) => return Err(CalibrateError::Step("nothing fitted".into())),

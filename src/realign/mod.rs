@@ -151,7 +151,10 @@ pub fn register_across_sessions(
     // reference FSL mm → target FSL mm, taken to world coordinates on both
     // sides.
     let ref_world_to_target_world = target.grid().affine
-        * inv(target.grid().vox_to_fsl(), "the target's voxel → FSL matrix")?
+        * inv(
+            target.grid().vox_to_fsl(),
+            "the target's voxel → FSL matrix",
+        )?
         * reg.ref_to_volume
         * reference.vox_to_fsl()
         * inv(reference.affine, "the reference affine")?;
