@@ -33,7 +33,7 @@ const LIVE_VOLUMES: usize = 4;
 /// The later session's head pose: ~1.5° and ~2.5 mm from calibration.
 fn live_pose() -> [f64; 6] {
     let d = 1.0f64.to_radians();
-    [0.8 * d, -1.0 * d, 0.7 * d, 1.5, -1.5, 1.2]
+    [0.8 * d, -d, 0.7 * d, 1.5, -1.5, 1.2]
 }
 
 fn spec(seed: u64, head_pose: [f64; 6], volumes: usize, noise: f64) -> SynthSpec {

@@ -84,7 +84,8 @@ fn demo_calibrates_decodes_every_trial_and_writes_the_report() {
     // Each trial's reconstruction plus its stimulus and candidates.
     assert!(imgs >= r.reconstructed + 20, "{imgs} images");
     let tsv = std::fs::read_to_string(dir.join("metrics.tsv")).unwrap();
-    assert!(tsv.lines().count() >= 1 + 2, "{tsv}");
+    // Header, run 2, the session, three learning-curve points.
+    assert_eq!(tsv.lines().count(), 6, "{tsv}");
     assert!(html.contains("<svg"), "the motion plot");
 
     // The session store has every output, row for row.
