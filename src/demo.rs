@@ -786,6 +786,25 @@ fn cross_session_error(series: &SynthSeries, c: &crate::realign::CrossSession) -
     (angle, t)
 }
 
+/// Each live reconstruction's PNG in the session store, with its latency
+/// from the trigger volume (ms), by (run, trial).
+fn live_reconstructions(live: &Live) -> HashMap<(u32, usize), (PathBuf, Option<f64>)> {
+    let session_dir = live
+        .summary
+        .as_ref()
+        .map(|s| s.session_dir.clone())
+        .unwrap_or_default();
+    live.recons
+        .iter()
+        .map(|r| {
+            let path = session_dir
+                .join("decode/recon")
+                .join(format!("run-{:02}_trial-{:03}.png", r.run, r.trial));
+            ((r.run, r.trial), (path, r.since_trigger.map(|s| s * 1e3)))
+        })
+        .collect()
+}
+
 fn png_of(dir: &Path, id: &str) -> Option<PathBuf> {
     let p = dir.join(format!("{id}.png"));
     p.is_file().then_some(p)
@@ -841,21 +860,7 @@ fn report_data(
     fit: &FitReport,
     betas: &SessionBetas,
 ) -> anyhow::Result<ReportData> {
-    let session_dir = live
-        .summary
-        .as_ref()
-        .map(|s| s.session_dir.clone())
-        .unwrap_or_default();
-    let recons: HashMap<(u32, usize), (PathBuf, Option<f64>)> = live
-        .recons
-        .iter()
-        .map(|r| {
-            let path = session_dir
-                .join("decode/recon")
-                .join(format!("run-{:02}_trial-{:03}.png", r.run, r.trial));
-            ((r.run, r.trial), (path, r.since_trigger.map(|s| s * 1e3)))
-        })
-        .collect();
+    let recons = live_reconstructions(live);
     let trials = trial_rows(stim, &live.decoded, &recons, &live.skipped);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let stages = vec![
@@ -1069,21 +1074,7 @@ fn learning_curve(
         curve.push((label, fit.trials, m));
     }
     // The full calibration: the live session's own figures.
-    let session_dir = live
-        .summary
-        .as_ref()
-        .map(|s| s.session_dir.clone())
-        .unwrap_or_default();
-    let recons: HashMap<(u32, usize), (PathBuf, Option<f64>)> = live
-        .recons
-        .iter()
-        .map(|r| {
-            let path = session_dir
-                .join("decode/recon")
-                .join(format!("run-{:02}_trial-{:03}.png", r.run, r.trial));
-            ((r.run, r.trial), (path, r.since_trigger.map(|s| s * 1e3)))
-        })
-        .collect();
+    let recons = live_reconstructions(live);
     let rows = trial_rows(stim, &live.decoded, &recons, &live.skipped);
     let refs: Vec<&TrialRow> = rows.iter().collect();
     curve.push((

@@ -57,6 +57,28 @@ pub struct IngestedVolume {
     pub late: bool,
 }
 
+impl IngestedVolume {
+    /// A volume handed over now, outside the watcher (offline tools,
+    /// calibration, tests): every timing is this instant, one attempt.
+    pub fn now(key: VolumeKey, path: PathBuf, volume: Volume) -> IngestedVolume {
+        let now = std::time::Instant::now();
+        IngestedVolume {
+            key,
+            path,
+            volume,
+            timing: IngestTiming {
+                first_seen_wall: std::time::SystemTime::now(),
+                first_seen: now,
+                decoded: now,
+                released: now,
+                attempts: 1,
+                decode_seconds: 0.0,
+            },
+            late: false,
+        }
+    }
+}
+
 /// Why ingest gave up waiting for a volume index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MissingReason {

@@ -9,11 +9,10 @@
 //! reference itself.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
 
 use boldstream::formats::nifti::{WriteOptions, read_volume, write_volume};
 use boldstream::mask::SessionMask;
-use boldstream::messages::{IngestEvent, IngestTiming, IngestedVolume, PipelineEvent, VolumeKey};
+use boldstream::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
 use boldstream::realign::register::{Registration, RegistrationOptions};
 use boldstream::realign::{CrossSession, RealignConfig, Realigner, register_across_sessions};
 use boldstream::simulate::{MotionModel, MotionSpec, SynthSeries, SynthSpec};
@@ -68,21 +67,11 @@ fn sessions(noise: f64) -> (SynthSeries, SynthSeries) {
 }
 
 fn ingested(i: u32, volume: Volume) -> IngestEvent {
-    let now = Instant::now();
-    IngestEvent::Volume(Box::new(IngestedVolume {
-        key: VolumeKey { run: 1, index: i },
-        path: PathBuf::from(format!("live-{i:03}.nii")),
+    IngestEvent::Volume(Box::new(IngestedVolume::now(
+        VolumeKey { run: 1, index: i },
+        PathBuf::from(format!("live-{i:03}.nii")),
         volume,
-        timing: IngestTiming {
-            first_seen_wall: SystemTime::now(),
-            first_seen: now,
-            decoded: now,
-            released: now,
-            attempts: 1,
-            decode_seconds: 0.0,
-        },
-        late: false,
-    }))
+    )))
 }
 
 fn feed(realigner: &mut Realigner, live: &SynthSeries) -> Vec<PipelineEvent> {

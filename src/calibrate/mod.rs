@@ -22,7 +22,7 @@ pub mod ridge;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use crate::decode::manifest::{ModelManifest, TargetsSpec, TensorSpec};
 use crate::events::{Event, read_events};
@@ -30,7 +30,7 @@ use crate::formats::nifti::{self, WriteOptions};
 use crate::glm::run::{RunGlm, Schedule};
 use crate::glm::stage::GlmConfig;
 use crate::mask::SessionMask;
-use crate::messages::{IngestEvent, IngestTiming, IngestedVolume, PipelineEvent, VolumeKey};
+use crate::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
 use crate::realign::{RealignConfig, Realigner};
 use crate::volume::Volume;
 
@@ -217,21 +217,11 @@ pub fn open_run(input: &RunInput) -> Result<RunVolumes<'static>, CalibrateError>
 }
 
 fn ingested(run: u32, index: u32, path: &Path, volume: Volume) -> IngestEvent {
-    let now = Instant::now();
-    IngestEvent::Volume(Box::new(IngestedVolume {
-        key: VolumeKey { run, index },
-        path: path.to_path_buf(),
+    IngestEvent::Volume(Box::new(IngestedVolume::now(
+        VolumeKey { run, index },
+        path.to_path_buf(),
         volume,
-        timing: IngestTiming {
-            first_seen_wall: SystemTime::now(),
-            first_seen: now,
-            decoded: now,
-            released: now,
-            attempts: 1,
-            decode_seconds: 0.0,
-        },
-        late: false,
-    }))
+    )))
 }
 
 /// Realign every run to one session reference and estimate each stimulus
