@@ -24,6 +24,7 @@ pub mod live;
 pub mod mask;
 pub mod messages;
 pub mod pipeline;
+pub mod preflight;
 pub mod realign;
 pub mod report;
 pub mod simulate;

@@ -30,6 +30,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Pre-flight: validate the config, folders and permissions, models and
+    /// subject (voxel count vs mask), ONNX Runtime and GPU, and print what
+    /// `run` will do.
+    Check {
+        /// Configuration file (TOML); see systemd/boldstream.toml.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// The simulator feeding the daemon end to end, with no input needed:
     /// live motion and QC per volume, then a summary against the truth.
     Demo(boldstream::demo::DemoOptions),
@@ -334,6 +342,11 @@ fn dispatch() -> anyhow::Result<()> {
             let base = opts.new_base();
             init_logging("error", Some(&base.join("session")))?;
             boldstream::demo::run_demo(&opts, &base).map(|_| ())
+        }
+        Command::Check { config } => {
+            // Warnings are part of the report; the log would repeat them.
+            init_logging("error", None)?;
+            boldstream::preflight::run_cli(&config)
         }
         Command::Calibrate(args) => {
             init_logging("warn", None)?;

@@ -1,0 +1,118 @@
+//! `boldstream check`: a good configuration is described line by line; each
+//! kind of problem is refused with a message naming what is wrong.
+
+use std::path::{Path, PathBuf};
+
+use boldstream::formats::nifti::{WriteOptions, write_volume};
+use boldstream::preflight::check;
+use boldstream::volume::{Grid, Volume};
+
+fn demo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("onnx/demo")
+}
+
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("export")).unwrap();
+    let path = dir.join("boldstream.toml");
+    std::fs::write(
+        &path,
+        format!("[session]\ndir = \"sessions/s1\"\n\n[ingest]\nwatch_dir = \"export\"\n\n{extra}"),
+    )
+    .unwrap();
+    path
+}
+
+fn err_text(path: &Path) -> String {
+    format!(
+        "{:#}",
+        check(path).expect_err("the check should refuse this")
+    )
+}
+
+#[test]
+fn a_good_config_is_described() {
+    let tmp = tempfile::tempdir().unwrap();
+    let decode = format!(
+        "[decode]\nmodel = \"{}\"\nsubject = \"{}\"\n",
+        demo().display(),
+        demo().join("subject-sim01").display()
+    );
+    let cfg = write_config(tmp.path(), &decode);
+    let r = check(&cfg).unwrap();
+    let text = r.lines.join("\n");
+    println!("{text}\n{:?}", r.warnings);
+    assert!(text.contains("readable"), "{text}");
+    assert!(text.contains("is writable"), "{text}");
+    assert!(text.contains("for subject sim-01 (2000 voxels)"), "{text}");
+    for role in ["adapter", "backbone", "prior", "decoder"] {
+        assert!(
+            r.lines.iter().any(|l| l.trim_start().starts_with(role)),
+            "{role}: {text}"
+        );
+    }
+    // Nothing was created: the session folder appears at start, not here.
+    assert!(!tmp.path().join("sessions").exists());
+}
+
+#[test]
+fn a_config_without_decoding_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "");
+    let text = check(&cfg).unwrap().lines.join("\n");
+    assert!(text.contains("decoding: off"), "{text}");
+    assert!(text.contains("EPI mask"), "{text}");
+}
+
+#[test]
+fn problems_are_refused_by_name() {
+    // A misspelt key: the file and the key.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "[ingest2]\nx = 1\n");
+    let e = err_text(&cfg);
+    assert!(
+        e.contains("ingest2") && e.contains("boldstream.toml"),
+        "{e}"
+    );
+
+    // A watch folder that does not exist.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "");
+    std::fs::remove_dir(tmp.path().join("export")).unwrap();
+    let e = err_text(&cfg);
+    assert!(e.contains("export"), "{e}");
+
+    // A session folder nowhere writable (not even for root).
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("sessions/s1", "/proc/boldstream-session");
+    std::fs::write(&cfg, text).unwrap();
+    let e = err_text(&cfg);
+    assert!(e.contains("/proc/boldstream-session"), "{e}");
+
+    // A mask whose voxel count is not the subject's.
+    let tmp = tempfile::tempdir().unwrap();
+    let mask = tmp.path().join("mask.nii.gz");
+    let mut vol = Volume::zeros(Grid::centred([8, 8, 8], [3.0; 3]));
+    vol.values_mut().iter_mut().for_each(|v| *v = 1.0);
+    write_volume(
+        &mask,
+        &vol,
+        &WriteOptions {
+            gzip: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "[realign]\nmask = \"mask.nii.gz\"\n\n[decode]\nmodel = \"{}\"\nsubject = \"{}\"\n",
+            demo().display(),
+            demo().join("subject-sim01").display()
+        ),
+    );
+    let e = err_text(&cfg);
+    assert!(e.contains("512") && e.contains("2000"), "{e}");
+}
