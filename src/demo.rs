@@ -258,15 +258,6 @@ fn design(
         .collect()
 }
 
-fn percentiles(mut v: Vec<f64>) -> (f64, f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.95), at(1.0))
-}
-
 /// The default fault plan, spread over the session's volumes.
 fn demo_faults(total: usize) -> FaultPlan {
     if total < 30 {
@@ -303,6 +294,29 @@ fn write_gz(path: &Path, vol: &crate::volume::Volume) -> anyhow::Result<()> {
         },
     )
     .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A session of `profile` with one run per events table; a `later`
+/// session has the subject's head pose for a session after calibration.
+fn session_spec(
+    profile: &SubjectProfile,
+    events: &[Vec<Event>],
+    volumes: usize,
+    tr: f64,
+    seed: u64,
+    later: bool,
+) -> SynthSpec {
+    profile.spec(
+        SynthSpec {
+            runs: events.len(),
+            volumes_per_run: volumes,
+            tr,
+            seed,
+            events: Some(events.to_vec()),
+            ..SynthSpec::default()
+        },
+        later,
+    )
 }
 
 /// The simulated subject's region: the `n` brain voxels nearest the
@@ -367,18 +381,8 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
         &me,
         mix_seed(opts.seed, 2),
     );
-    let cal_spec = profile.spec(
-        SynthSpec {
-            runs: opts.calibration_runs,
-            volumes_per_run: volumes,
-            tr,
-            seed: cal_seed,
-            events: Some(cal_events.clone()),
-            ..SynthSpec::default()
-        },
-        false,
-    );
-    let plain = SynthSeries::new(cal_spec.clone()).context("building the calibration session")?;
+    let cal_spec = session_spec(&profile, &cal_events, volumes, tr, cal_seed, false);
+    let plain = SynthSeries::new(cal_spec).context("building the calibration session")?;
     let (_, pattern_voxels) = region(&plain, profile.voxels)?;
     let responses = crate::simulate::patterns::smooth_in_space(
         &responses,
@@ -468,7 +472,8 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
     let t_report = Instant::now();
     let mut data = report_data(opts, &profile, &stim, &live, &fit, &betas)?;
     if !opts.no_learning_curve {
-        data.learning_curve = learning_curve(opts, &betas, &live, &stim, &base, &fit)?;
+        data.learning_curve =
+            learning_curve(opts, &betas, &live, &stim, &base, &fit, &data.trials)?;
     }
     let (runs, session) = report::session_metrics(&data)?;
     let report_path = report::write_report(&base.join("report"), &data)?;
@@ -548,17 +553,7 @@ fn live_session(
         me,
         mix_seed(opts.seed, 5),
     ));
-    let spec = profile.spec(
-        SynthSpec {
-            runs: opts.runs,
-            volumes_per_run: volumes,
-            tr,
-            seed,
-            events: Some(events.clone()),
-            ..SynthSpec::default()
-        },
-        true,
-    );
+    let spec = session_spec(profile, &events, volumes, tr, seed, true);
     let patterns: StimulusPatterns =
         profile.patterns(pattern_voxels.to_vec(), responses.clone(), seed)?;
     let series = SynthSeries::new(spec)
@@ -745,17 +740,17 @@ fn live_session(
         }
     };
     live.rms_error = (rms(se_r), rms(se_t));
-    live.latency_ms = percentiles(
-        live.realigned
-            .iter()
-            .map(|r| {
-                r.realigned_at
-                    .saturating_duration_since(r.ingest.first_seen)
-                    .as_secs_f64()
-                    * 1e3
-            })
-            .collect(),
-    );
+    let seen_to_realigned: Vec<f64> = live
+        .realigned
+        .iter()
+        .map(|r| {
+            r.realigned_at
+                .saturating_duration_since(r.ingest.first_seen)
+                .as_secs_f64()
+                * 1e3
+        })
+        .collect();
+    live.latency_ms = report::metrics::percentiles(&seen_to_realigned);
     live.cross_session_error = cross.map(|c| cross_session_error(&series, &c));
     Ok(live)
 }
@@ -998,6 +993,7 @@ fn learning_curve(
     stim: &Stimuli,
     base: &Path,
     full: &FitReport,
+    full_rows: &[TrialRow],
 ) -> anyhow::Result<Vec<(String, usize, Metrics)>> {
     let rt = crate::decode::runtime::Runtime::new(&Default::default())?;
     let mut curve = Vec::new();
@@ -1074,9 +1070,7 @@ fn learning_curve(
         curve.push((label, fit.trials, m));
     }
     // The full calibration: the live session's own figures.
-    let recons = live_reconstructions(live);
-    let rows = trial_rows(stim, &live.decoded, &recons, &live.skipped);
-    let refs: Vec<&TrialRow> = rows.iter().collect();
+    let refs: Vec<&TrialRow> = full_rows.iter().collect();
     curve.push((
         "100 %".into(),
         full.trials,

@@ -3,11 +3,10 @@
 //! reached in one resampling.
 
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
 
 use boldstream::formats::nifti::{WriteOptions, write_volume};
 use boldstream::mask::SessionMask;
-use boldstream::messages::{IngestEvent, IngestTiming, IngestedVolume, PipelineEvent, VolumeKey};
+use boldstream::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
 use boldstream::realign::resample::Resampler;
 use boldstream::realign::transform::ref_to_volume_from_par;
 use boldstream::realign::{RealignConfig, Realigner};
@@ -17,21 +16,11 @@ use boldstream::volume::Volume;
 use nalgebra::Matrix4;
 
 fn ingested(i: u32, volume: Volume) -> IngestEvent {
-    let now = Instant::now();
-    IngestEvent::Volume(Box::new(IngestedVolume {
-        key: VolumeKey { run: 1, index: i },
-        path: PathBuf::from(format!("vol-{i}.nii")),
+    IngestEvent::Volume(Box::new(IngestedVolume::now(
+        VolumeKey { run: 1, index: i },
+        PathBuf::from(format!("vol-{i}.nii")),
         volume,
-        timing: IngestTiming {
-            first_seen_wall: SystemTime::now(),
-            first_seen: now,
-            decoded: now,
-            released: now,
-            attempts: 1,
-            decode_seconds: 0.0,
-        },
-        late: false,
-    }))
+    )))
 }
 
 fn run(realigner: &mut Realigner, events: Vec<IngestEvent>) -> Vec<PipelineEvent> {

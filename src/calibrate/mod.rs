@@ -250,25 +250,9 @@ pub fn estimate_betas_from<'a>(
         ..RealignConfig::default()
     })
     .map_err(|e| CalibrateError::Step(format!("preparing realignment: {e}")))?;
-    let mut out = SessionBetas {
-        reference: Volume::zeros(crate::volume::Grid::centred([1, 1, 1], [1.0; 3])),
-        brain: SessionMask::from_file_order(
-            crate::volume::Grid::centred([1, 1, 1], [1.0; 3]),
-            &[true],
-        )
-        .map_err(|e| CalibrateError::Step(e.to_string()))?,
-        region: SessionMask::from_file_order(
-            crate::volume::Grid::centred([1, 1, 1], [1.0; 3]),
-            &[true],
-        )
-        .map_err(|e| CalibrateError::Step(e.to_string()))?,
-        trials: Vec::new(),
-        skipped: Vec::new(),
-        motion: Vec::new(),
-        volumes: 0,
-        seconds: (0.0, 0.0, 0.0),
-    };
-    let mut have_reference = false;
+    // The session's grid comes with its first volume; the rest accumulate.
+    let mut grid: Option<(Volume, SessionMask, SessionMask)> = None;
+    let mut acc = Collected::default();
     for (r, input) in runs.into_iter().enumerate() {
         let run = r as u32 + 1;
         let input = input?;
@@ -307,24 +291,22 @@ pub fn estimate_betas_from<'a>(
                 break;
             };
             let vol = vol?;
-            out.seconds.0 += t0.elapsed().as_secs_f64();
+            acc.seconds.0 += t0.elapsed().as_secs_f64();
             let t1 = Instant::now();
             let mut produced = Vec::new();
             realigner.handle(ingested(run, t as u32, &input.label, vol), &mut |e| {
                 produced.push(e)
             });
-            out.seconds.1 += t1.elapsed().as_secs_f64();
+            acc.seconds.1 += t1.elapsed().as_secs_f64();
             for e in produced {
                 match e {
                     PipelineEvent::ReferenceReady {
                         reference, mask, ..
-                    } if !have_reference => {
-                        have_reference = true;
-                        out.brain = SessionMask::compute_epi(&reference).map_err(|e| {
+                    } if grid.is_none() => {
+                        let brain = SessionMask::compute_epi(&reference).map_err(|e| {
                             CalibrateError::Step(format!("brain mask of the reference: {e}"))
                         })?;
-                        out.reference = (*reference).clone();
-                        out.region = (*mask).clone();
+                        grid = Some(((*reference).clone(), brain, (*mask).clone()));
                     }
                     PipelineEvent::Realigned(rv) => {
                         let t2 = Instant::now();
@@ -344,8 +326,8 @@ pub fn estimate_betas_from<'a>(
                         motion.push(rv.params.0);
                         frames.insert(t, rv.masked.to_vec());
                         let done = glm.frame(t, &frames[&t], rv.params.0, false, &frames);
-                        collect(run, done, &mut out);
-                        out.seconds.2 += t2.elapsed().as_secs_f64();
+                        acc.collect(run, done);
+                        acc.seconds.2 += t2.elapsed().as_secs_f64();
                     }
                     PipelineEvent::RealignFailed { path, reason, .. } => {
                         return Err(input_err(
@@ -360,38 +342,65 @@ pub fn estimate_betas_from<'a>(
         }
         if let Some(mut g) = glm {
             let done = g.finish();
-            collect(run, done, &mut out);
+            acc.collect(run, done);
         }
-        out.volumes += motion.len();
-        out.motion.push(motion);
+        acc.volumes += motion.len();
+        acc.motion.push(motion);
     }
-    if out.trials.is_empty() {
+    let Some((reference, brain, region)) = grid else {
+        return Err(CalibrateError::Step(
+            "no volume could serve as the session reference".into(),
+        ));
+    };
+    if acc.trials.is_empty() {
         return Err(CalibrateError::Step(format!(
             "no stimulus trial got a beta ({} skipped{})",
-            out.skipped.len(),
-            out.skipped
+            acc.skipped.len(),
+            acc.skipped
                 .first()
                 .map(|(r, t, why)| format!("; e.g. run {r} trial {t}: {why}"))
                 .unwrap_or_default()
         )));
     }
-    Ok(out)
+    Ok(SessionBetas {
+        reference,
+        brain,
+        region,
+        trials: acc.trials,
+        skipped: acc.skipped,
+        motion: acc.motion,
+        volumes: acc.volumes,
+        seconds: acc.seconds,
+    })
 }
 
-fn collect(run: u32, done: Vec<crate::glm::run::TrialOutcome>, out: &mut SessionBetas) {
-    for o in done {
-        let Some(stim) = o.event.stim_id.clone() else {
-            continue;
-        };
-        match o.result {
-            Ok(est) => out.trials.push(CalTrial {
-                run,
-                trial: o.trial,
-                stim_id: stim,
-                onset: o.event.onset,
-                beta: est.beta,
-            }),
-            Err(why) => out.skipped.push((run, o.trial, why)),
+/// What [`estimate_betas_from`] gathers run by run.
+#[derive(Default)]
+struct Collected {
+    trials: Vec<CalTrial>,
+    skipped: Vec<(u32, usize, String)>,
+    motion: Vec<Vec<[f64; 6]>>,
+    volumes: usize,
+    seconds: (f64, f64, f64),
+}
+
+impl Collected {
+    /// Keep the stimulus trials the GLM just finished (blanks have no image).
+    fn collect(&mut self, run: u32, done: Vec<crate::glm::run::TrialOutcome>) {
+        for o in done {
+            let Some(stim) = o.event.stim_id.clone() else {
+                continue;
+            };
+            match o.result {
+                Ok(est) => self.trials.push(CalTrial {
+                    run,
+                    trial: o.trial,
+                    stim_id: stim,
+                    onset: o.event.onset,
+                    beta: est.beta,
+                }),
+                Err(why) => self.skipped.push((run, o.trial, why)),
+            }
         }
     }
 }
@@ -639,7 +648,7 @@ pub fn fit_subject(
     let t_targets = Instant::now();
     let adapter_out: TensorSpec = model.backbone.input.clone();
     let latent = adapter_out.len();
-    let (selected, threshold, scores, fit, seconds_targets) = match &opts.adapter {
+    let (selected, threshold, scores, reliab, fit, seconds_targets) = match &opts.adapter {
         None => {
             let (targets, width) = targets_for(&model, &ids, None)?;
             if width != latent {
@@ -668,9 +677,9 @@ pub fn fit_subject(
                     reliability::MIN_REPEATED_IMAGES
                 );
             }
-            let (selected, threshold, scores) =
+            let (selected, threshold, scores, reliab) =
                 if opts.thresholds.is_empty() || repeated < reliability::MIN_REPEATED_IMAGES {
-                    ((0..v_region).collect::<Vec<_>>(), None, Vec::new())
+                    ((0..v_region).collect::<Vec<_>>(), None, Vec::new(), None)
                 } else {
                     let sel = reliability::select_voxels_cv(
                         &x,
@@ -684,17 +693,25 @@ pub fn fit_subject(
                         &opts.ridge,
                     )
                     .map_err(|e| CalibrateError::Step(format!("voxel selection: {e}")))?;
-                    (sel.voxels, sel.threshold, sel.scores)
+                    (sel.voxels, sel.threshold, sel.scores, Some(sel.reliability))
                 };
             let xs = take_columns(&x, n, v_region, &selected);
             let fit = ridge::fit_ridge_cv(&xs, n, selected.len(), &y, latent, &groups, &opts.ridge)
                 .map_err(|e| CalibrateError::Step(format!("ridge regression: {e}")))?;
-            (selected, threshold, scores, Some(fit), seconds_targets)
+            (
+                selected,
+                threshold,
+                scores,
+                reliab,
+                Some(fit),
+                seconds_targets,
+            )
         }
         Some(_) => (
             (0..v_region).collect::<Vec<_>>(),
             None,
             Vec::new(),
+            None,
             None,
             0.0,
         ),
@@ -715,11 +732,6 @@ pub fn fit_subject(
     write_mask(&out.join("brain_mask.nii.gz"), &betas.brain)?;
     write_mask(&out.join("region_mask.nii.gz"), &betas.region)?;
     write_mask(&out.join("mask.nii.gz"), &subject_mask)?;
-    let reliab = if selected.len() < v_region || !scores.is_empty() {
-        reliability::voxel_reliability(&x, n, v_region, &images).ok()
-    } else {
-        None
-    };
     let mut is_selected = vec![false; v];
     for &c in &selected {
         is_selected[c] = true;
@@ -729,7 +741,7 @@ pub fn fit_subject(
         let [i, j, k] = subject_mask.voxel(c).unwrap_or([0, 0, 0]);
         let r = reliab
             .as_ref()
-            .and_then(|r| r.per_voxel.get(c))
+            .and_then(|r| r.get(c))
             .map_or_else(|| "n/a".to_string(), |v| format!("{v:.4}"));
         tsv.push_str(&format!("{c}\t{i}\t{j}\t{k}\t{}\t{r}\n", u8::from(sel)));
     }

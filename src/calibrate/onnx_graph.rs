@@ -10,7 +10,6 @@
 //! the field numbers of the official schema, so the output is a standard
 //! ONNX file without a protobuf compiler in the build.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
@@ -481,39 +480,10 @@ pub fn write_linear_adapter(
     doc: &str,
 ) -> Result<(), OnnxError> {
     let bytes = linear_adapter(weights, bias, voxels, latent, input, output, doc)?;
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| OnnxError::Io { path: p, source }
-    };
-    let name = path.file_name().ok_or_else(|| OnnxError::Io {
+    crate::sinks::atomic_write(path, &bytes).map_err(|source| OnnxError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"),
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-        return result;
-    }
-    // The rename is durable only once the folder is synced; some
-    // filesystems refuse to sync a folder, and the file is in place either
-    // way, so a failure here is not an error.
-    if let Ok(d) = std::fs::File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+        source,
+    })
 }
 
 #[cfg(test)]

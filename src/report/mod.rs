@@ -451,11 +451,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".part");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    crate::sinks::atomic_write(path, bytes).map_err(err)
 }
 
 /// A file name for the copy of `src` in `img/`, unique among `taken`.

@@ -260,16 +260,7 @@ impl SimulateArgs {
                     .collect::<Result<Vec<_>, _>>()?,
             )
         };
-        let motion = if self.motion_mm == 0.0 && self.motion_deg == 0.0 {
-            MotionModel::Still
-        } else {
-            MotionModel::Random(MotionSpec {
-                max_mm: self.motion_mm,
-                max_deg: self.motion_deg,
-                jerks_per_run: self.jerks,
-                ..MotionSpec::default()
-            })
-        };
+        let motion = MotionModel::within(self.motion_mm, self.motion_deg, self.jerks);
         Ok(SynthSpec {
             dims: self.dims,
             voxel_mm: self.voxel_mm,

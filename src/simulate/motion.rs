@@ -64,6 +64,23 @@ impl Default for MotionModel {
     }
 }
 
+impl MotionModel {
+    /// Random motion within `max_mm` and `max_deg` with `jerks` per run;
+    /// [`MotionModel::Still`] when both limits are zero.
+    pub fn within(max_mm: f64, max_deg: f64, jerks: usize) -> MotionModel {
+        if max_mm == 0.0 && max_deg == 0.0 {
+            MotionModel::Still
+        } else {
+            MotionModel::Random(MotionSpec {
+                max_mm,
+                max_deg,
+                jerks_per_run: jerks,
+                ..MotionSpec::default()
+            })
+        }
+    }
+}
+
 /// A sudden movement in the trajectory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Jerk {

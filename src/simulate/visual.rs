@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::patterns::StimulusPatterns;
 use super::synth::{PhysioSpec, SynthSpec};
-use super::{MotionModel, MotionSpec, SimError, mix_seed};
+use super::{MotionModel, SimError, mix_seed};
 
 /// Number of feature channels.
 pub const N_FEATURES: usize = 7;
@@ -924,16 +924,7 @@ impl SubjectProfile {
     /// `later_session` also gets the subject's session pose (a calibration
     /// session is at pose zero). The session seed stays `base`'s.
     pub fn spec(&self, base: SynthSpec, later_session: bool) -> SynthSpec {
-        let motion = if self.motion_mm == 0.0 && self.motion_deg == 0.0 {
-            MotionModel::Still
-        } else {
-            MotionModel::Random(MotionSpec {
-                max_mm: self.motion_mm,
-                max_deg: self.motion_deg,
-                jerks_per_run: self.jerks,
-                ..MotionSpec::default()
-            })
-        };
+        let motion = MotionModel::within(self.motion_mm, self.motion_deg, self.jerks);
         SynthSpec {
             noise: self.thermal_noise,
             physio: self.physio.clone(),

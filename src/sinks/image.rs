@@ -47,10 +47,7 @@ pub fn encode_png(image: &[f32], (c, h, w): (usize, usize, usize)) -> std::io::R
 
 /// Write `image` to `path` atomically (a reader never sees half a file).
 pub fn write_png(path: &Path, image: &[f32], chw: (usize, usize, usize)) -> std::io::Result<()> {
-    let bytes = encode_png(image, chw)?;
-    let tmp = path.with_extension("png.part");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    super::atomic_write(path, &encode_png(image, chw)?)
 }
 
 /// Decode a PNG into `[C, H, W]` floats in [0, 1] (tests, bank images).

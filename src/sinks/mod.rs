@@ -9,12 +9,31 @@ pub mod image;
 pub mod npy;
 pub mod store;
 
-/// Write `bytes` to `path` through a temporary file in the same folder and a
-/// rename, so a reader (or a crash) never sees half a file.
+/// Write `bytes` to `path` through a temporary file in the same folder,
+/// synced, then renamed over `path`: a reader (or a crash) never sees half a
+/// file, and a failed write leaves any earlier file intact. Every file the
+/// daemon and its tools publish for others to read goes through here.
 pub fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".part");
     let tmp = path.with_file_name(name);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // The rename is durable once the folder is synced; some filesystems
+    // refuse to sync a folder, and the file is in place either way.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }

@@ -698,16 +698,13 @@ impl SessionStore {
 
 /// Rewrite motion.par from the in-memory table, atomically (temp + rename).
 fn rewrite_par(dir: &Path, motion: &BTreeMap<u32, Option<MotionParams>>) -> std::io::Result<()> {
-    let tmp = dir.join(".motion.par.tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        for p in motion.values() {
-            match p {
-                Some(p) => writeln!(f, "{}", p.par_line())?,
-                None => writeln!(f, "{}", ["nan"; 6].join("  "))?,
-            }
+    let mut text = String::new();
+    for p in motion.values() {
+        match p {
+            Some(p) => text.push_str(&p.par_line()),
+            None => text.push_str(&["nan"; 6].join("  ")),
         }
-        f.sync_data()?;
+        text.push('\n');
     }
-    std::fs::rename(&tmp, dir.join("motion.par"))
+    super::atomic_write(&dir.join("motion.par"), text.as_bytes())
 }
