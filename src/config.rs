@@ -105,6 +105,9 @@ pub struct Config {
     /// Terminal output.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Dashboard, feedback protocol, metrics and result files.
+    #[serde(default)]
+    pub serve: crate::serve::ServeConfig,
 }
 
 fn resolve(base: &Path, p: &mut PathBuf) {
@@ -162,6 +165,7 @@ impl Config {
             resolve(base, &mut d.weights);
         }
         self.decode.resolve_paths(base);
+        self.serve.resolve_paths(base);
     }
 
     /// The session folder: configured, or `sessions/<UTC date-time>`.

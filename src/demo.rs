@@ -620,6 +620,7 @@ fn live_session(
             ..Default::default()
         },
         console: ConsoleConfig { enabled: true },
+        serve: Default::default(),
     };
     let config_text = format!(
         "# demo: subject {}, {} live runs x {volumes} volumes, TR {tr} s played {}x faster, faults: {}\n",

@@ -65,6 +65,9 @@ pub enum PipelineError {
     /// Ingest could not start.
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    /// The dashboard, feedback protocol or result files could not start.
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
     /// A stage thread could not be spawned.
     #[error("could not start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
@@ -131,6 +134,7 @@ pub struct Pipeline {
     glm: Option<JoinHandle<RunBuffers>>,
     decode: Option<JoinHandle<()>>,
     live: Option<LiveListener>,
+    serve: Option<crate::serve::Serve>,
     counts: Arc<Counts>,
     session_dir: PathBuf,
 }
@@ -375,6 +379,28 @@ impl Pipeline {
             ));
         }
 
+        // The hub feeds the dashboard, the feedback protocol and the
+        // result files; reliable because result files must not be lost (the
+        // hub itself never waits for a client).
+        let (serve, hub, hub_requests) = crate::serve::Serve::start(
+            &config.serve,
+            &session_dir,
+            config.realign.fd_threshold_mm,
+        )?;
+        {
+            let (tx, rx) = bounded(SINK_QUEUE);
+            outlets.push(Outlet {
+                name: "serve",
+                tx,
+                delivery: Delivery::Reliable,
+                dropped: 0,
+            });
+            sinks.push((
+                "serve",
+                spawn_named("serve", move || hub.run(rx, hub_requests))?,
+            ));
+        }
+
         let mut ingest_config = config.ingest.clone();
         if ingest_config.quarantine_dir.is_none() {
             ingest_config.quarantine_dir = Some(session_dir.join("quarantine"));
@@ -489,6 +515,7 @@ impl Pipeline {
             glm: Some(glm),
             decode: Some(decode_thread),
             live,
+            serve: Some(serve),
             counts,
             session_dir,
         })
@@ -502,6 +529,18 @@ impl Pipeline {
     /// Where live trial events are accepted, when configured.
     pub fn live_addr(&self) -> Option<std::net::SocketAddr> {
         self.live.as_ref().map(LiveListener::local_addr)
+    }
+
+    /// Where the dashboard is served, when configured.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.serve.as_ref().and_then(crate::serve::Serve::http_addr)
+    }
+
+    /// Where the feedback protocol listens, when configured.
+    pub fn feedback_addr(&self) -> Option<std::net::SocketAddr> {
+        self.serve
+            .as_ref()
+            .and_then(crate::serve::Serve::feedback_addr)
     }
 
     /// Ingest counters now.
@@ -543,9 +582,16 @@ impl Pipeline {
         for (name, h) in self.sinks.drain(..) {
             match h.join() {
                 Ok(errors) if name == "store" => store_errors = errors,
+                Ok(errors) if errors > 0 => {
+                    tracing::error!("the {name} sink: {errors} write errors")
+                }
                 Ok(_) => {}
                 Err(_) => tracing::error!("the {name} sink thread panicked"),
             }
+        }
+        // Clients are disconnected only once every event has been published.
+        if let Some(s) = self.serve.take() {
+            s.stop();
         }
         PipelineSummary {
             ingest,

@@ -38,6 +38,7 @@ fn config(tmp: &Path, volumes: u32, glm: GlmConfig) -> Config {
         glm,
         decode: Default::default(),
         console: ConsoleConfig { enabled: false },
+        serve: Default::default(),
     }
 }
 

@@ -46,6 +46,7 @@ fn config(export: &Path, session: &Path, volumes_per_run: u32, naming: &str) -> 
         glm: Default::default(),
         decode: Default::default(),
         console: ConsoleConfig { enabled: false },
+        serve: Default::default(),
     }
 }
 
