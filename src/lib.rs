@@ -28,6 +28,7 @@ pub mod preflight;
 pub mod realign;
 pub mod report;
 pub mod serve;
+pub mod service;
 pub mod simulate;
 pub mod sinks;
 pub mod volume;

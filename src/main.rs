@@ -211,15 +211,29 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     Pipeline::preflight(&config)?;
     init_logging("info", Some(&session_dir))?;
     let pipeline = Pipeline::start(&config, &text, PipelineOptions::default())?;
-    tracing::info!(
-        "watching {} ({:?} mode); session folder {}",
+    let mut status = format!(
+        "watching {}; session {}",
         config.ingest.watch_dir.display(),
-        config.ingest.mode,
         session_dir.display()
     );
-    wait_for_shutdown()?;
+    if let Some(a) = pipeline.http_addr() {
+        status.push_str(&format!("; dashboard http://{a}/"));
+    }
+    if let Some(a) = pipeline.feedback_addr() {
+        status.push_str(&format!("; feedback tcp {a}"));
+    }
+    tracing::info!("{status} ({:?} mode)", config.ingest.mode);
+    // Models are loaded and warm, every stage is running: ready.
+    boldstream::service::ready(&status);
+    let watchdog = boldstream::service::watch(pipeline.heartbeats(), None);
+    let waited = wait_for_shutdown();
+    boldstream::service::stopping();
     tracing::info!("shutting down: draining the pipeline");
     let s = pipeline.stop();
+    if let Some(w) = watchdog {
+        let _ = w.join();
+    }
+    waited?;
     tracing::info!(
         "stopped: {} volumes realigned, {} missing, {} late, {} duplicates, {} quarantined, {} realign failures, {} store errors",
         s.realigned,

@@ -137,6 +137,10 @@ pub enum IngestEvent {
     },
     /// Watching changed behaviour (e.g. auto mode fell back to polling).
     Notice(String),
+    /// Ingest is alive; sent about once a second and passed through every
+    /// stage to the end of the pipeline, where it feeds the service
+    /// watchdog. Sinks ignore it.
+    Heartbeat(Instant),
 }
 
 /// One volume after motion correction.

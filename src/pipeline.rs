@@ -135,6 +135,7 @@ pub struct Pipeline {
     decode: Option<JoinHandle<()>>,
     live: Option<LiveListener>,
     serve: Option<crate::serve::Serve>,
+    heartbeats: Receiver<std::time::Instant>,
     counts: Arc<Counts>,
     session_dir: PathBuf,
 }
@@ -439,9 +440,16 @@ impl Pipeline {
             };
         let observers = std::mem::take(&mut options.observers);
         let c = counts.clone();
+        let (heartbeat_tx, heartbeats) = bounded::<std::time::Instant>(16);
         let (decode_tx, decode_rx) = bounded::<PipelineEvent>(DECODE_QUEUE);
         let decode_thread = spawn_named("decode", move || {
             let mut emit = |out: PipelineEvent| {
+                if let PipelineEvent::Ingest(IngestEvent::Heartbeat(sent)) = out {
+                    // The end of the line: every stage passed it on. Nobody
+                    // listening (no service manager) is fine.
+                    let _ = heartbeat_tx.try_send(sent);
+                    return;
+                }
                 let counter = match &out {
                     PipelineEvent::Realigned(_) => Some(&c.realigned),
                     PipelineEvent::RealignFailed { .. } => Some(&c.failed),
@@ -516,6 +524,7 @@ impl Pipeline {
             decode: Some(decode_thread),
             live,
             serve: Some(serve),
+            heartbeats,
             counts,
             session_dir,
         })
@@ -541,6 +550,13 @@ impl Pipeline {
         self.serve
             .as_ref()
             .and_then(crate::serve::Serve::feedback_addr)
+    }
+
+    /// Heartbeats that made it through every stage (about one a second while
+    /// the pipeline moves; each carries the time ingest sent it). Feeds the
+    /// service watchdog: when they stop, a stage is stuck.
+    pub fn heartbeats(&self) -> Receiver<std::time::Instant> {
+        self.heartbeats.clone()
     }
 
     /// Ingest counters now.

@@ -196,6 +196,7 @@ pub(crate) fn start(
         grids: HashMap::new(),
         ignored_exts: HashSet::new(),
         downstream_gone: false,
+        last_heartbeat: Instant::now(),
         notices,
         initial,
     };
@@ -225,6 +226,8 @@ struct Stage {
     grids: HashMap<u32, Grid>,
     ignored_exts: HashSet<String>,
     downstream_gone: bool,
+    /// When the last heartbeat went downstream.
+    last_heartbeat: Instant,
     notices: Vec<String>,
     /// The folder's files when the stage started.
     initial: Vec<PathBuf>,
@@ -269,6 +272,9 @@ fn read_guarded(path: &Path) -> Result<Volume, Failure> {
 const DRAIN_MAX: usize = 10_000;
 /// Longest sleep of the loop: a safety net should a deadline be missed.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How often a heartbeat is sent through the pipeline (the loop wakes at
+/// least every `MAX_SLEEP`, so this is the actual period when idle).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 impl Stage {
     fn run(mut self) {
@@ -307,6 +313,7 @@ impl Stage {
             let outs = self.reorder.tick(Instant::now());
             self.emit_outputs(outs);
             self.auto_check(Instant::now());
+            self.heartbeat();
         }
         self.finish();
     }
@@ -903,6 +910,20 @@ impl Stage {
     }
 
     /// Send downstream; when the channel is full say so, then wait.
+    /// Send a heartbeat when one is due. It travels through every stage, so
+    /// its arrival at the end proves the whole pipeline moves. Never waits:
+    /// a full channel means downstream is busy, and the next one will do.
+    fn heartbeat(&mut self) {
+        let now = Instant::now();
+        if self.downstream_gone || now.duration_since(self.last_heartbeat) < HEARTBEAT {
+            return;
+        }
+        self.last_heartbeat = now;
+        if let Err(TrySendError::Disconnected(_)) = self.out.try_send(IngestEvent::Heartbeat(now)) {
+            self.lost_downstream();
+        }
+    }
+
     fn emit(&mut self, ev: IngestEvent) {
         if self.downstream_gone {
             return;

@@ -355,7 +355,7 @@ pub fn from_event(ev: &PipelineEvent, ctx: &FeedContext) -> Option<FeedMessage> 
                 }
             }
             IngestEvent::Notice(text) => FeedMessage::Notice { text: text.clone() },
-            IngestEvent::Volume(_) => return None,
+            IngestEvent::Volume(_) | IngestEvent::Heartbeat(_) => return None,
         },
         PipelineEvent::Notice(text) => FeedMessage::Notice { text: text.clone() },
         PipelineEvent::TrialSkipped {

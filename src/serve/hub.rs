@@ -436,7 +436,7 @@ impl Hub {
                         self.run_mut(k.run).quarantined += 1;
                     }
                 }
-                IngestEvent::Volume(_) | IngestEvent::Notice(_) => {}
+                IngestEvent::Volume(_) | IngestEvent::Notice(_) | IngestEvent::Heartbeat(_) => {}
             },
             PipelineEvent::Beta(b) => {
                 m.trial("beta");

@@ -242,7 +242,7 @@ impl<W: Write> Console<W> {
                     writeln!(self.out, "QUARANTINED {}: {reason}", path.display())
                 }
                 IngestEvent::Notice(t) => writeln!(self.out, "notice: {t}"),
-                IngestEvent::Volume(_) => Ok(()),
+                IngestEvent::Volume(_) | IngestEvent::Heartbeat(_) => Ok(()),
             },
         }
     }

@@ -530,6 +530,7 @@ impl SessionStore {
                 &format!("{reason} (moved to {})", moved_to.display()),
             ),
             IngestEvent::Notice(text) => self.log("notice", None, Path::new(""), text),
+            IngestEvent::Heartbeat(_) => Ok(()),
             IngestEvent::Volume(v) => self.log(
                 "unrealigned_volume",
                 Some(v.key),
