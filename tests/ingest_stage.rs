@@ -106,7 +106,7 @@ impl Fixture {
     }
 
     fn next(&self) -> IngestEvent {
-        match self.rx.recv_timeout(GUARD) {
+        match next_event(&self.rx) {
             Ok(e) => e,
             Err(e) => panic!(
                 "no ingest event within {GUARD:?} ({e}); stats {:?}",
@@ -153,13 +153,33 @@ impl Fixture {
     fn stop(&mut self) -> (Vec<String>, IngestStats) {
         let h = self.handle.take().expect("running");
         let stats = h.stop().expect("clean stop");
-        let rest = self.rx.try_iter().map(|e| describe(&e)).collect();
+        let rest = self
+            .rx
+            .try_iter()
+            .filter(|e| !matches!(e, IngestEvent::Heartbeat(_)))
+            .map(|e| describe(&e))
+            .collect();
         (rest, stats)
+    }
+}
+
+/// The next event that is not a heartbeat (those come about once a
+/// second whatever happens; the pipeline tests cover them).
+fn next_event(
+    rx: &crossbeam_channel::Receiver<IngestEvent>,
+) -> Result<IngestEvent, crossbeam_channel::RecvTimeoutError> {
+    let until = Instant::now() + GUARD;
+    loop {
+        match rx.recv_deadline(until)? {
+            IngestEvent::Heartbeat(_) => continue,
+            e => return Ok(e),
+        }
     }
 }
 
 fn describe(e: &IngestEvent) -> String {
     match e {
+        IngestEvent::Heartbeat(_) => "heartbeat".into(),
         IngestEvent::RunStarted { run, .. } => format!("start {run}"),
         IngestEvent::RunEnded { run } => format!("end {run}"),
         IngestEvent::Volume(v) => format!(
@@ -756,7 +776,7 @@ fn a_full_output_channel_delays_but_loses_nothing() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let got: Vec<String> = (0..7)
-        .map(|_| describe(&rx.recv_timeout(GUARD).expect("event")))
+        .map(|_| describe(&next_event(&rx).expect("event")))
         .collect();
     assert_eq!(
         got,
@@ -765,7 +785,7 @@ fn a_full_output_channel_delays_but_loses_nothing() {
         ]
     );
     let stop = std::thread::spawn(move || handle.stop());
-    assert_eq!(describe(&rx.recv_timeout(GUARD).expect("end")), "end 1");
+    assert_eq!(describe(&next_event(&rx).expect("end")), "end 1");
     let stats = stop.join().expect("join").expect("stop");
     assert_eq!(stats.released, 6);
 }

@@ -100,7 +100,7 @@ fn the_daemon_notifies_ready_then_feeds_the_watchdog_then_stops() {
     .unwrap();
     let sock_path = tmp.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&config)
         .env("NOTIFY_SOCKET", &sock_path)
