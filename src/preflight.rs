@@ -85,6 +85,8 @@ pub fn check(config_path: &Path) -> anyhow::Result<CheckReport> {
         base.display()
     ));
 
+    serve_lines(&config, &session, &mut lines, &mut warnings)?;
+
     // Files, events, the subject against the mask: the daemon's own checks.
     Pipeline::preflight(&config)?;
     let realign = &config.realign;
@@ -166,6 +168,74 @@ pub fn check(config_path: &Path) -> anyhow::Result<CheckReport> {
         }
     }
     Ok(CheckReport { lines, warnings })
+}
+
+/// The dashboard, feedback sockets and result files: addresses that parse
+/// (and bind now — a warning only, as the daemon itself may hold them while
+/// the check runs), UDP targets that resolve, folders that exist.
+fn serve_lines(
+    config: &Config,
+    session: &Path,
+    lines: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let serve = &config.serve;
+    for (what, addr, path) in [
+        ("dashboard", &serve.http, "/ (SSE /events, /metrics)"),
+        ("feedback protocol", &serve.feedback, "TCP"),
+    ] {
+        let Some(addr) = addr else {
+            lines.push(format!("{what}: off"));
+            continue;
+        };
+        let resolved: Vec<_> = addr
+            .to_socket_addrs()
+            .with_context(|| format!("[serve] {what} address '{addr}' is not HOST:PORT"))?
+            .collect();
+        if let Err(e) = std::net::TcpListener::bind(&resolved[..]) {
+            warnings.push(format!(
+                "{what} on {addr}: cannot bind now ({e}); in use by a running daemon?"
+            ));
+        }
+        let exposed = resolved.iter().any(|a| !a.ip().is_loopback());
+        lines.push(format!(
+            "{what} on {addr} {path}{}",
+            if exposed {
+                " — reachable from the network, without authentication"
+            } else {
+                " (this machine only)"
+            }
+        ));
+    }
+    for t in &serve.udp_targets {
+        t.to_socket_addrs()
+            .with_context(|| format!("[serve] udp_targets: '{t}' is not HOST:PORT"))?;
+    }
+    if !serve.udp_targets.is_empty() {
+        lines.push(format!("UDP feed to {}", serve.udp_targets.join(", ")));
+    }
+    if serve.results {
+        let dir = serve
+            .results_dir
+            .clone()
+            .unwrap_or_else(|| session.join("results"));
+        let base = existing_ancestor(&dir).unwrap_or_else(|| PathBuf::from("."));
+        probe_write(&base).with_context(|| {
+            format!(
+                "results folder {}: cannot write in {}",
+                dir.display(),
+                base.display()
+            )
+        })?;
+        lines.push(format!("per-trial result files in {}", dir.display()));
+    }
+    if let Some(st) = &serve.stimuli
+        && !st.is_dir()
+    {
+        anyhow::bail!("[serve] stimuli {}: not an existing folder", st.display());
+    }
+    Ok(())
 }
 
 /// `boldstream check`: print the report, or fail with the first problem.

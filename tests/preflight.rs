@@ -116,3 +116,44 @@ fn problems_are_refused_by_name() {
     let e = err_text(&cfg);
     assert!(e.contains("512") && e.contains("2000"), "{e}");
 }
+
+#[test]
+fn serve_addresses_are_checked_and_a_busy_port_is_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A port held right now, as a running daemon would hold it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let cfg = write_config(
+        tmp.path(),
+        &format!(
+            "[serve]\nhttp = \"127.0.0.1:{port}\"\nfeedback = \"127.0.0.1:0\"\nudp_targets = [\"127.0.0.1:9\"]\n"
+        ),
+    );
+    let r = check(&cfg).unwrap();
+    let text = r.lines.join("\n");
+    assert!(
+        text.contains(&format!("dashboard on 127.0.0.1:{port}"))
+            && text.contains("this machine only"),
+        "{text}"
+    );
+    assert!(text.contains("feedback protocol on 127.0.0.1:0"), "{text}");
+    assert!(text.contains("UDP feed to 127.0.0.1:9"), "{text}");
+    assert!(text.contains("per-trial result files in"), "{text}");
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains(&format!("127.0.0.1:{port}")) && w.contains("cannot bind")),
+        "{:?}",
+        r.warnings
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "[serve]\nfeedback = \"localhost\"\n");
+    let e = err_text(&cfg);
+    assert!(e.contains("feedback") && e.contains("'localhost'"), "{e}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "[serve]\nstimuli = \"no-such-folder\"\n");
+    let e = err_text(&cfg);
+    assert!(e.contains("stimuli") && e.contains("no-such-folder"), "{e}");
+}
