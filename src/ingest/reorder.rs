@@ -155,6 +155,24 @@ impl<T> Run<T> {
     }
 }
 
+/// A run as a resumed session left it (see [`crate::resume`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumedRun {
+    /// Run number.
+    pub run: u32,
+    /// Index of its first volume.
+    pub first_index: u32,
+    /// Indices that got a volume (realigned or failed), with the file each
+    /// came from.
+    pub taken: BTreeMap<u32, String>,
+    /// The next index to settle: everything below is taken or declared
+    /// missing (a file for a missing one is delivered late).
+    pub next: u32,
+    /// The run had ended (its later files are late); otherwise it is the
+    /// open run and continues.
+    pub ended: bool,
+}
+
 /// Ordering state of every run of the session.
 #[derive(Debug)]
 pub struct Reorder<T> {
@@ -170,6 +188,26 @@ impl<T> Reorder<T> {
             cfg,
             runs: BTreeMap::new(),
             open: None,
+        }
+    }
+
+    /// Continue from a stored session's runs, as if the daemon had never
+    /// stopped: no `RunStarted` again, the open run goes on from `next`.
+    pub fn resume(&mut self, runs: &[ResumedRun], now: Instant) {
+        for r in runs {
+            let mut run = Run::new(r.first_index, r.next.saturating_sub(1), now);
+            run.next = r.next;
+            run.taken = r.taken.keys().copied().collect();
+            if let Some(&h) = run.taken.last() {
+                run.highest_seen = run.highest_seen.max(h);
+            }
+            run.status = if r.ended {
+                Status::Ended
+            } else {
+                self.open = Some(r.run);
+                Status::Open
+            };
+            self.runs.insert(r.run, run);
         }
     }
 
