@@ -329,10 +329,10 @@ impl Pipeline {
             path: session_dir.clone(),
             source,
         };
-        let mut resume = Resume::prepare(&session_dir, config, config_text)?;
+        let resume = Resume::prepare(&session_dir, config, config_text)?;
         let realign_config = Pipeline::realign_config(config)?;
         let reference_first = realign_config.reference.is_some();
-        let mut realigner = match resume.as_mut().map(Resume::realign).transpose()?.flatten() {
+        let mut realigner = match resume.as_ref().map(Resume::realign).transpose()?.flatten() {
             Some(state) => Realigner::resume(realign_config, state)?,
             None => Realigner::new(realign_config)?,
         };

@@ -415,7 +415,17 @@ impl StoredSession {
             if event != "run_started" && event != "run_ended" {
                 continue;
             }
-            let run: u32 = r.num(2, "run")?;
+            // Sessions from before resume existed name an ended run only
+            // in the detail ("run 3").
+            let run: u32 = match r.get(2, "run")? {
+                "n/a" => r
+                    .get(5, "detail")?
+                    .strip_prefix("run ")
+                    .and_then(|d| d.split(';').next())
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| damaged(&log_path, Some(r.line), "no run number"))?,
+                _ => r.num(2, "run")?,
+            };
             if event == "run_started" {
                 if !run_order.contains(&run) {
                     run_order.push(run);
@@ -948,8 +958,8 @@ impl Resume {
 
     /// Realign's state: the stored reference and mask, and per run the
     /// last in-sequence volume (`None` before the reference was set).
-    pub fn realign(&mut self) -> Result<Option<ResumedRealign>, ResumeError> {
-        let Some(reference) = self.stored.reference.take() else {
+    pub fn realign(&self) -> Result<Option<ResumedRealign>, ResumeError> {
+        let Some(reference) = &self.stored.reference else {
             return Ok(None);
         };
         let mut runs = Vec::new();
@@ -971,9 +981,9 @@ impl Resume {
             });
         }
         Ok(Some(ResumedRealign {
-            reference: reference.volume,
-            mask: reference.mask,
-            source: reference.source,
+            reference: reference.volume.clone(),
+            mask: reference.mask.clone(),
+            source: reference.source.clone(),
             runs,
         }))
     }

@@ -642,11 +642,10 @@ impl SessionStore {
                 let rows = rf.qc_rows;
                 // The qc rows before the end: later ones are volumes
                 // delivered late to the ended run, replayed after it.
-                self.log(
-                    "run_ended",
-                    None,
-                    Path::new(""),
-                    &format!("run {run}; {rows} qc rows"),
+                writeln!(
+                    self.ingest_log,
+                    "{:.3}\trun_ended\t{run}\tn/a\t\trun {run}; {rows} qc rows",
+                    unix_seconds(SystemTime::now()),
                 )
             }
             IngestEvent::Missing { key, reason } => {
@@ -797,17 +796,26 @@ impl SessionStore {
             .unwrap_or(r.realigned_at);
         let mask_voxels = self.mask_voxels;
         let rf = self.run(r.key.run)?;
+        // Created on the first volume: the mask size is known only once the
+        // reference is set, which may be after the run started. Never
+        // truncated: a run resumed before its first volume has them.
+        let open_or_create = |path: PathBuf, cols: usize, dtype: Dtype| {
+            if path.exists() {
+                NpyAppender::open(&path, cols, dtype)
+            } else {
+                NpyAppender::create_typed(&path, cols, dtype)
+            }
+        };
         if rf.masked.is_none() && mask_voxels > 0 {
-            // Created on the first volume: the mask size is known only once
-            // the reference is set, which may be after the run started.
-            rf.masked = Some(NpyAppender::create(
-                &rf.dir.join("masked.npy"),
+            rf.masked = Some(open_or_create(
+                rf.dir.join("masked.npy"),
                 mask_voxels,
+                Dtype::F32,
             )?);
         }
         if rf.params.is_none() {
-            rf.params = Some(NpyAppender::create_typed(
-                &rf.dir.join("params.npy"),
+            rf.params = Some(open_or_create(
+                rf.dir.join("params.npy"),
                 PARAMS_COLS,
                 Dtype::F64,
             )?);
