@@ -1173,3 +1173,240 @@ fn replayed_volume(
         gain: 1.0,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Event;
+    use crate::mask::SessionMask;
+    use crate::messages::TrialBeta;
+    use crate::sinks::npy::{Dtype, NpyAppender, decode_2d};
+    use crate::sinks::store::SessionStore;
+
+    const CONFIG: &str = "[ingest]\nwatch_dir = \"x\"\n";
+
+    fn reference_ready() -> PipelineEvent {
+        let grid = Grid::centred([4, 4, 4], [2.0; 3]);
+        let mut inside = vec![false; 64];
+        for i in [5, 21, 42] {
+            inside[i] = true;
+        }
+        let mut reference = Volume::zeros(grid.clone());
+        reference.values_mut()[21] = 7.0;
+        PipelineEvent::ReferenceReady {
+            source: "test".into(),
+            mask_voxels: 3,
+            reference: Arc::new(reference),
+            mask: Arc::new(SessionMask::from_file_order(grid, &inside).unwrap()),
+            cross_session: None,
+        }
+    }
+
+    fn volume(index: u32) -> PipelineEvent {
+        let q = QcRow {
+            index,
+            file: format!("/export/run-01_vol-{index:04}.nii"),
+            settled: Settled::Realigned {
+                late: false,
+                row: 0,
+            },
+        };
+        let mut p = [0.0; PARAMS_COLS];
+        // Values text cannot carry exactly: the sidecar must.
+        p[0] = 1.0 / 3.0 + f64::from(index);
+        p[5] = std::f64::consts::PI;
+        p[6] = 1.0;
+        let masked = vec![index as f32 + 0.5, 1.0 / 7.0, -2.0];
+        replayed_volume(VolumeKey { run: 1, index }, &q, false, &p, masked)
+    }
+
+    fn beta(trial: usize) -> PipelineEvent {
+        let now = std::time::Instant::now();
+        let values: Arc<[f32]> = Arc::from(vec![trial as f32, 2.0, 3.0]);
+        PipelineEvent::Beta(Box::new(TrialBeta {
+            run: 1,
+            trial,
+            event: Event {
+                onset: 3.0,
+                duration: 1.0,
+                trial_type: "image".into(),
+                stim_id: Some("stim-0001".into()),
+                modulation: 1.0,
+            },
+            trigger: VolumeKey { run: 1, index: 4 },
+            frames: 5,
+            regressors: 4,
+            delayed: false,
+            warmup: false,
+            raw: values.clone(),
+            z: values.clone(),
+            decode: values,
+            presentations: 1,
+            compute_seconds: 0.0,
+            trigger_seen: None,
+            ready: now,
+            ready_wall: std::time::SystemTime::now(),
+        }))
+    }
+
+    fn missing(index: u32) -> PipelineEvent {
+        PipelineEvent::Ingest(IngestEvent::Missing {
+            key: VolumeKey { run: 1, index },
+            reason: MissingReason::NotReceived,
+        })
+    }
+
+    /// A store with run 1 (volumes 0–2, 3 missing, 4) and two betas.
+    fn session(dir: &Path) {
+        let mut store = SessionStore::create(dir, CONFIG).unwrap();
+        let mut events = vec![
+            reference_ready(),
+            PipelineEvent::Ingest(IngestEvent::RunStarted {
+                run: 1,
+                first_index: 0,
+            }),
+        ];
+        events.extend((0..3).map(volume));
+        events.push(missing(3));
+        events.push(volume(4));
+        events.push(beta(0));
+        events.push(beta(1));
+        for ev in &events {
+            store.handle(ev).unwrap();
+        }
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.ends_with('\n'), "{}: torn last line", path.display());
+        text.lines().map(str::to_owned).collect()
+    }
+
+    fn npy_rows(path: &Path) -> usize {
+        let (_, rows, _) = decode_2d(&std::fs::read(path).unwrap()).unwrap();
+        let h = npy::read_appended_header(&std::fs::read(path).unwrap()).unwrap();
+        assert_eq!(
+            std::fs::metadata(path).unwrap().len() as usize,
+            128 + rows * h.row_bytes(),
+            "{}: length and header disagree",
+            path.display()
+        );
+        rows
+    }
+
+    #[test]
+    fn a_torn_store_is_cut_back_to_its_last_committed_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        session(dir);
+        let run = dir.join("run-01");
+        let good_par = std::fs::read_to_string(run.join("motion.par")).unwrap();
+
+        // A crash while volume 5 was being written: its matrix rows, its
+        // masked_rows and motion.par lines are out, its qc row is torn.
+        let mut m = NpyAppender::open(&run.join("masked.npy"), 3, Dtype::F32).unwrap();
+        m.append(&[9.0, 9.0, 9.0]).unwrap();
+        append(&run.join("masked.npy"), &[1, 2, 3, 4, 5]);
+        let mut p = NpyAppender::open(&run.join("params.npy"), PARAMS_COLS, Dtype::F64).unwrap();
+        p.append_f64(&[0.5; PARAMS_COLS]).unwrap();
+        append(&run.join("masked_rows.tsv"), b"4\t5\t0\n");
+        append(&run.join("motion.par"), b"1  2  3  4  5  6\n");
+        append(&run.join("qc.tsv"), b"5\tok\t/export/run-01_vol-0005.nii\t17");
+        // …and a beta whose index row never finished.
+        let mut raw = NpyAppender::open(&dir.join("betas/raw.npy"), 3, Dtype::F32).unwrap();
+        raw.append(&[1.0, 1.0, 1.0]).unwrap();
+        append(&dir.join("betas/index.tsv"), b"2\t1\t2\tstim");
+
+        let stored = StoredSession::load(dir).unwrap().unwrap();
+        let r1 = &stored.runs[&1];
+        assert_eq!(r1.rows.len(), 5, "volumes 0–4, volume 3 a gap");
+        assert_eq!(r1.params.len(), 4);
+        assert_eq!(r1.params[3][0], 1.0 / 3.0 + 4.0, "full precision");
+        assert_eq!(npy_rows(&run.join("masked.npy")), 4);
+        assert_eq!(npy_rows(&run.join("params.npy")), 4);
+        assert_eq!(lines(&run.join("masked_rows.tsv")).len(), 1 + 4);
+        assert_eq!(lines(&run.join("qc.tsv")).len(), 1 + 5);
+        assert_eq!(std::fs::read_to_string(run.join("motion.par")).unwrap(), good_par);
+        assert_eq!(good_par.lines().nth(3), Some("nan  nan  nan  nan  nan  nan"));
+        assert_eq!(lines(&dir.join("betas/index.tsv")).len(), 1 + 2);
+        for f in ["raw.npy", "z.npy", "decode.npy"] {
+            assert_eq!(npy_rows(&dir.join("betas").join(f)), 2, "{f}");
+        }
+        assert!(stored.reference.is_some());
+
+        // What each stage resumes from.
+        let resume = Resume { stored };
+        let ingest = resume.ingest();
+        assert_eq!(ingest.len(), 1);
+        assert_eq!((ingest[0].next, ingest[0].ended), (5, false));
+        assert_eq!(
+            ingest[0].taken.keys().copied().collect::<Vec<_>>(),
+            vec![0, 1, 2, 4]
+        );
+        let realign = resume.realign().unwrap().unwrap();
+        assert_eq!(realign.runs.len(), 1);
+        assert_eq!(&*realign.runs[0].masked, &[4.5, 1.0 / 7.0, -2.0]);
+        assert_eq!(realign.runs[0].params.0[5], std::f64::consts::PI);
+        assert_eq!(realign.reference.grid(), &Grid::centred([4, 4, 4], [2.0; 3]));
+
+        // The store appends after the committed rows and does not record
+        // what it has twice.
+        let mut store = SessionStore::reopen(dir, resume.recorded()).unwrap();
+        for ev in [reference_ready(), volume(5), beta(1), beta(2)] {
+            store.handle(&ev).unwrap();
+        }
+        drop(store);
+        assert_eq!(npy_rows(&run.join("masked.npy")), 5);
+        assert_eq!(npy_rows(&run.join("params.npy")), 5);
+        assert_eq!(lines(&run.join("masked_rows.tsv"))[5], "4\t5\t0");
+        assert_eq!(lines(&run.join("motion.par")).len(), 6);
+        let index = lines(&dir.join("betas/index.tsv"));
+        assert_eq!(index.len(), 1 + 3, "{index:#?}");
+        assert!(index[3].starts_with("2\t1\t2\t"), "{}", index[3]);
+        assert_eq!(npy_rows(&dir.join("betas/raw.npy")), 3);
+        let again = StoredSession::load(dir).unwrap().unwrap();
+        assert_eq!(again.runs[&1].rows.len(), 6);
+        assert_eq!(again.betas.len(), 3);
+    }
+
+    #[test]
+    fn a_damaged_store_is_an_error_naming_file_and_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        session(dir);
+        let qc = dir.join("run-01/qc.tsv");
+        let good = std::fs::read_to_string(&qc).unwrap();
+        std::fs::write(&qc, good.replacen("\n1\tok", "\nx\tok", 1)).unwrap();
+        let e = StoredSession::load(dir).unwrap_err().to_string();
+        assert!(e.contains("qc.tsv:3") && e.contains("volume 'x'"), "{e}");
+
+        // A committed volume whose voxels are gone.
+        std::fs::write(&qc, &good).unwrap();
+        let masked = dir.join("run-01/masked.npy");
+        let bytes = std::fs::read(&masked).unwrap();
+        std::fs::write(&masked, &bytes[..bytes.len() - 12]).unwrap();
+        let e = StoredSession::load(dir).unwrap_err().to_string();
+        assert!(e.contains("masked.npy") && e.contains("need 4"), "{e}");
+
+        assert!(StoredSession::load(&dir.join("nothing")).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_settings_that_change_results_block_a_resume() {
+        let a = "[ingest]\nwatch_dir = \"x\"\npoll_interval = 0.1\n[glm]\ntr = 1.5\n[decode]\ndevice = \"cuda\"\n";
+        let b = "[ingest]\nwatch_dir = \"x\"\npoll_interval = 0.5\n[glm]\ntr = 1.5\n[decode]\ndevice = \"cpu\"\n[console]\nenabled = false\n";
+        assert_eq!(config_differences(a, b).unwrap(), Vec::<String>::new());
+        let c = "[ingest]\nwatch_dir = \"y\"\n[glm]\ntr = 2.0\ndelay = 6\n";
+        let d = config_differences(a, c).unwrap();
+        assert_eq!(d.len(), 3, "{d:#?}");
+        assert!(d[0].starts_with("glm.delay: (not set) then, 6 now"), "{d:#?}");
+        assert!(d[2].starts_with("ingest.watch_dir"), "{d:#?}");
+        assert!(config_differences("[x", a).is_err());
+    }
+}
