@@ -332,10 +332,13 @@ impl Pipeline {
         let resume = Resume::prepare(&session_dir, config, config_text)?;
         let realign_config = Pipeline::realign_config(config)?;
         let reference_first = realign_config.reference.is_some();
-        let mut realigner = match resume.as_ref().map(Resume::realign).transpose()?.flatten() {
-            Some(state) => Realigner::resume(realign_config, state)?,
-            None => Realigner::new(realign_config)?,
-        };
+        // Only a stored reference is announced by the replay; one set now
+        // is announced by realign, as in any session.
+        let (mut realigner, stored_reference) =
+            match resume.as_ref().map(Resume::realign).transpose()?.flatten() {
+                Some(state) => (Realigner::resume(realign_config, state)?, true),
+                None => (Realigner::new(realign_config)?, false),
+            };
         let mut glm = GlmStage::new(
             Pipeline::glm_config(config)?,
             config.buffer.clone(),
@@ -362,7 +365,7 @@ impl Pipeline {
             store.note("resumed", &r.summary()).map_err(session_err)?;
             resumed_outputs = r.replay(
                 &mut glm,
-                realigner.reference_ready(),
+                realigner.reference_ready().filter(|_| stored_reference),
                 reference_first,
                 decode.outputs(),
             )?;

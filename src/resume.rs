@@ -1317,7 +1317,10 @@ mod tests {
         p.append_f64(&[0.5; PARAMS_COLS]).unwrap();
         append(&run.join("masked_rows.tsv"), b"4\t5\t0\n");
         append(&run.join("motion.par"), b"1  2  3  4  5  6\n");
-        append(&run.join("qc.tsv"), b"5\tok\t/export/run-01_vol-0005.nii\t17");
+        append(
+            &run.join("qc.tsv"),
+            b"5\tok\t/export/run-01_vol-0005.nii\t17",
+        );
         // …and a beta whose index row never finished.
         let mut raw = NpyAppender::open(&dir.join("betas/raw.npy"), 3, Dtype::F32).unwrap();
         raw.append(&[1.0, 1.0, 1.0]).unwrap();
@@ -1332,8 +1335,14 @@ mod tests {
         assert_eq!(npy_rows(&run.join("params.npy")), 4);
         assert_eq!(lines(&run.join("masked_rows.tsv")).len(), 1 + 4);
         assert_eq!(lines(&run.join("qc.tsv")).len(), 1 + 5);
-        assert_eq!(std::fs::read_to_string(run.join("motion.par")).unwrap(), good_par);
-        assert_eq!(good_par.lines().nth(3), Some("nan  nan  nan  nan  nan  nan"));
+        assert_eq!(
+            std::fs::read_to_string(run.join("motion.par")).unwrap(),
+            good_par
+        );
+        assert_eq!(
+            good_par.lines().nth(3),
+            Some("nan  nan  nan  nan  nan  nan")
+        );
         assert_eq!(lines(&dir.join("betas/index.tsv")).len(), 1 + 2);
         for f in ["raw.npy", "z.npy", "decode.npy"] {
             assert_eq!(npy_rows(&dir.join("betas").join(f)), 2, "{f}");
@@ -1353,7 +1362,10 @@ mod tests {
         assert_eq!(realign.runs.len(), 1);
         assert_eq!(&*realign.runs[0].masked, &[4.5, 1.0 / 7.0, -2.0]);
         assert_eq!(realign.runs[0].params.0[5], std::f64::consts::PI);
-        assert_eq!(realign.reference.grid(), &Grid::centred([4, 4, 4], [2.0; 3]));
+        assert_eq!(
+            realign.reference.grid(),
+            &Grid::centred([4, 4, 4], [2.0; 3])
+        );
 
         // The store appends after the committed rows and does not record
         // what it has twice.
@@ -1405,7 +1417,10 @@ mod tests {
         let c = "[ingest]\nwatch_dir = \"y\"\n[glm]\ntr = 2.0\ndelay = 6\n";
         let d = config_differences(a, c).unwrap();
         assert_eq!(d.len(), 3, "{d:#?}");
-        assert!(d[0].starts_with("glm.delay: (not set) then, 6 now"), "{d:#?}");
+        assert!(
+            d[0].starts_with("glm.delay: (not set) then, 6 now"),
+            "{d:#?}"
+        );
         assert!(d[2].starts_with("ingest.watch_dir"), "{d:#?}");
         assert!(config_differences("[x", a).is_err());
     }
