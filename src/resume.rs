@@ -33,7 +33,7 @@ use crate::formats::nifti;
 use crate::glm::stage::GlmStage;
 use crate::ingest::reorder::ResumedRun;
 use crate::messages::{
-    IngestEvent, IngestedVolume, MissingReason, PipelineEvent, RealignedVolume, VolumeKey,
+    IngestEvent, IngestTiming, MissingReason, PipelineEvent, RealignedVolume, VolumeKey,
 };
 use crate::realign::ResumedRealign;
 use crate::realign::transform::MotionParams;
@@ -166,6 +166,13 @@ pub fn repair_lines(path: &Path) -> Result<Option<Vec<String>>, ResumeError> {
             path.display(),
             bytes.len() - whole
         );
+    }
+    if whole == 0 {
+        // Not even its header: the store writes it afresh.
+        std::fs::remove_file(path).map_err(|e| damaged(path, None, e.to_string()))?;
+        return Ok(None);
+    }
+    if whole < bytes.len() {
         truncate_file(path, whole as u64)?;
     }
     let text = std::str::from_utf8(&bytes[..whole]).map_err(|e| {
@@ -542,9 +549,8 @@ impl StoredSession {
         reference: Option<&StoredReference>,
     ) -> Result<Option<StoredRun>, ResumeError> {
         let qc_path = rd.join("qc.tsv");
-        let Some(qc) = repair_lines(&qc_path)? else {
-            return Ok(None);
-        };
+        // Even without a committed row, what was written ahead is cut.
+        let qc = repair_lines(&qc_path)?.unwrap_or_default();
         let mut out = Vec::new();
         let mut realigned = 0usize;
         for r in rows(&qc_path, &qc, "volume\tstatus")? {
@@ -1154,11 +1160,10 @@ fn replayed_volume(
     p: &[f64; PARAMS_COLS],
     masked: Vec<f32>,
 ) -> PipelineEvent {
-    let placeholder = Volume::zeros(Grid::centred([1, 1, 1], [1.0; 3]));
-    let ingested = IngestedVolume::now(key, PathBuf::from(&q.file), placeholder);
+    let now = std::time::Instant::now();
     PipelineEvent::Realigned(Box::new(RealignedVolume {
         key,
-        path: ingested.path,
+        path: PathBuf::from(&q.file),
         late,
         params: MotionParams([p[0], p[1], p[2], p[3], p[4], p[5]]),
         ref_to_volume: Matrix4::from_fn(|r, c| p[6 + r * 4 + c]),
@@ -1166,8 +1171,15 @@ fn replayed_volume(
         dvars: None,
         dvars_pct: None,
         masked: Arc::from(masked),
-        ingest: ingested.timing,
-        realigned_at: std::time::Instant::now(),
+        ingest: IngestTiming {
+            first_seen_wall: std::time::SystemTime::now(),
+            first_seen: now,
+            decoded: now,
+            released: now,
+            attempts: 1,
+            decode_seconds: 0.0,
+        },
+        realigned_at: now,
         realign_seconds: 0.0,
         iterations: Vec::new(),
         gain: 1.0,
