@@ -1080,6 +1080,10 @@ impl Resume {
                 }),
                 &mut forward,
             );
+            // Rows after the run's end are volumes delivered late to the
+            // ended run. They came after it, perhaps after later runs had
+            // started; the GLM ignores frames of an ended run (it keeps them
+            // in that run's ring only), so replaying them here is the same.
             let end = sr.ended_after.unwrap_or(sr.rows.len());
             for (i, q) in sr.rows.iter().enumerate() {
                 if i == end {
