@@ -7,6 +7,7 @@
 //! ```toml
 //! [session]
 //! dir = "sessions/sub-01"        # default: sessions/<UTC date-time>
+//! resume = "auto"                # auto | never: a folder that holds a session
 //!
 //! [ingest]
 //! watch_dir = "/mnt/scanner/export"
@@ -65,6 +66,9 @@ pub struct SessionConfig {
     /// Session folder; default `sessions/<UTC date-time>` under the current
     /// directory.
     pub dir: Option<PathBuf>,
+    /// A folder that already holds a session: `auto` continues it (when
+    /// its settings are compatible), `never` refuses to start.
+    pub resume: crate::resume::ResumePolicy,
 }
 
 /// `[console]`: the live terminal output.

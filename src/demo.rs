@@ -607,6 +607,7 @@ fn live_session(
     let config = Config {
         session: SessionConfig {
             dir: Some(base.join("session")),
+            ..Default::default()
         },
         ingest,
         // The subject folder supplies the mask, the calibration grid and

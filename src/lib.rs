@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod preflight;
 pub mod realign;
 pub mod report;
+pub mod resume;
 pub mod serve;
 pub mod service;
 pub mod simulate;

@@ -188,20 +188,45 @@ fn init_logging(stderr_level: &str, session_dir: Option<&Path>) -> anyhow::Resul
     Ok(())
 }
 
-/// Block until SIGINT or SIGTERM.
-fn wait_for_shutdown() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal runtime")?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    })
-    .context("waiting for a shutdown signal")
+/// SIGINT and SIGTERM, caught from [`Shutdown::install`] on: a stop
+/// requested while the pipeline starts (models loading, a session being
+/// resumed) is a clean shutdown once it has started, not a kill.
+struct Shutdown {
+    rt: tokio::runtime::Runtime,
+    signals: [tokio::signal::unix::Signal; 2],
+}
+
+impl Shutdown {
+    fn install() -> anyhow::Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the signal runtime")?;
+        let signals = rt
+            .block_on(async {
+                Ok::<_, std::io::Error>([
+                    signal(SignalKind::interrupt())?,
+                    signal(SignalKind::terminate())?,
+                ])
+            })
+            .context("installing the SIGINT/SIGTERM handlers")?;
+        Ok(Shutdown { rt, signals })
+    }
+
+    /// Block until SIGINT or SIGTERM (at once if one came already).
+    fn wait(self) {
+        let Shutdown {
+            rt,
+            signals: [mut int, mut term],
+        } = self;
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+    }
 }
 
 fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -210,6 +235,7 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     config.session.dir = Some(session_dir.clone());
     Pipeline::preflight(&config)?;
     init_logging("info", Some(&session_dir))?;
+    let shutdown = Shutdown::install()?;
     let pipeline = Pipeline::start(&config, &text, PipelineOptions::default())?;
     let mut status = format!(
         "watching {}; session {}",
@@ -226,14 +252,13 @@ fn run(config_path: &Path) -> anyhow::Result<()> {
     // Models are loaded and warm, every stage is running: ready.
     boldstream::service::ready(&status);
     let watchdog = boldstream::service::watch(pipeline.heartbeats(), None);
-    let waited = wait_for_shutdown();
+    shutdown.wait();
     boldstream::service::stopping();
     tracing::info!("shutting down: draining the pipeline");
     let s = pipeline.stop();
     if let Some(w) = watchdog {
         let _ = w.join();
     }
-    waited?;
     tracing::info!(
         "stopped: {} volumes realigned, {} missing, {} late, {} duplicates, {} quarantined, {} realign failures, {} store errors",
         s.realigned,

@@ -154,6 +154,10 @@ pub struct RealignedVolume {
     pub late: bool,
     /// MCFLIRT-convention parameters relative to the session reference.
     pub params: crate::realign::transform::MotionParams,
+    /// The registration's reference → volume world map, at full precision:
+    /// the next volume of the run starts from it (and a resumed session
+    /// from the stored copy).
+    pub ref_to_volume: nalgebra::Matrix4<f64>,
     /// Framewise displacement (Power, mm) against the previous volume of
     /// the run; `None` for the first volume of a run.
     pub fd: Option<f64>,

@@ -31,6 +31,7 @@ use crate::ingest::{self, IngestHandle, IngestStats};
 use crate::live::{LiveEvent, LiveListener};
 use crate::messages::{IngestEvent, PipelineEvent};
 use crate::realign::Realigner;
+use crate::resume::Resume;
 use crate::sinks::console::Console;
 use crate::sinks::store::SessionStore;
 
@@ -68,6 +69,9 @@ pub enum PipelineError {
     /// The dashboard, feedback protocol or result files could not start.
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
+    /// The session folder holds a session that cannot be continued.
+    #[error("resume: {0}")]
+    Resume(#[from] crate::resume::ResumeError),
     /// A stage thread could not be spawned.
     #[error("could not start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
@@ -317,7 +321,8 @@ impl Pipeline {
     }
 
     /// Create the session folder, prepare realign, and start every stage.
-    /// `config_text` is recorded in the session folder as given.
+    /// `config_text` is recorded in the session folder as given. A folder
+    /// that already holds a session is continued ([`crate::resume`]).
     pub fn start(
         config: &Config,
         config_text: &str,
@@ -329,7 +334,16 @@ impl Pipeline {
             path: session_dir.clone(),
             source,
         };
-        let mut realigner = Realigner::new(Pipeline::realign_config(config)?)?;
+        let resume = Resume::prepare(&session_dir, config, config_text)?;
+        let realign_config = Pipeline::realign_config(config)?;
+        let reference_first = realign_config.reference.is_some();
+        // Only a stored reference is announced by the replay; one set now
+        // is announced by realign, as in any session.
+        let (mut realigner, stored_reference) =
+            match resume.as_ref().map(Resume::realign).transpose()?.flatten() {
+                Some(state) => (Realigner::resume(realign_config, state)?, true),
+                None => (Realigner::new(realign_config)?, false),
+            };
         let mut glm = GlmStage::new(
             Pipeline::glm_config(config)?,
             config.buffer.clone(),
@@ -339,7 +353,33 @@ impl Pipeline {
         // Models load and warm up before the session folder exists: a bad
         // model folder stops the start, never a run.
         let mut decode = DecodeStage::start(&config.decode)?;
-        let mut store = SessionStore::create(&session_dir, config_text).map_err(session_err)?;
+        let mut store = match &resume {
+            Some(r) => SessionStore::reopen(&session_dir, r.recorded()),
+            None => SessionStore::create(&session_dir, config_text),
+        }
+        .map_err(session_err)?;
+        // The GLM's state is rebuilt before any new volume reaches it; what
+        // the store lacks goes downstream first.
+        let mut resumed_outputs = Vec::new();
+        if let Some(r) = &resume {
+            tracing::warn!(
+                "resuming session {}: {}",
+                session_dir.display(),
+                r.summary()
+            );
+            store.note("resumed", &r.summary()).map_err(session_err)?;
+            resumed_outputs = r.replay(
+                &mut glm,
+                realigner.reference_ready().filter(|_| stored_reference),
+                reference_first,
+                decode.outputs(),
+            )?;
+            if config.glm.live_events.is_some() {
+                tracing::warn!(
+                    "live trials received before the restart are not replayed: betas already stored are kept; trials of the run in progress that were not yet estimated are lost"
+                );
+            }
+        }
 
         let mut outlets = Vec::new();
         let mut sinks = Vec::new();
@@ -492,6 +532,9 @@ impl Pipeline {
                 }
                 Err(TrySendError::Disconnected(_)) => {}
             };
+            for out in resumed_outputs {
+                emit(out);
+            }
             let mut live_open = true;
             loop {
                 let live = if live_open {
@@ -515,7 +558,8 @@ impl Pipeline {
         })?;
 
         // Ingest starts last: everything downstream is ready for its first event.
-        let ingest = ingest::spawn(ingest_config, ingest_tx)?;
+        let resumed_runs = resume.as_ref().map(Resume::ingest).unwrap_or_default();
+        let ingest = ingest::spawn_resumed(ingest_config, ingest_tx, resumed_runs)?;
         Ok(Pipeline {
             ingest: Some(ingest),
             realign: Some(realign),

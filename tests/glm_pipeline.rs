@@ -31,6 +31,7 @@ fn config(tmp: &Path, volumes: u32, glm: GlmConfig) -> Config {
     Config {
         session: SessionConfig {
             dir: Some(tmp.join("session")),
+            ..Default::default()
         },
         ingest,
         realign: Default::default(),

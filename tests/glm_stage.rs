@@ -111,6 +111,7 @@ fn realigned_with(run: u32, index: u32, data: Vec<f32>, params: [f64; 6]) -> Pip
         path: PathBuf::from("x"),
         late: false,
         params: MotionParams(params),
+        ref_to_volume: nalgebra::Matrix4::identity(),
         fd: None,
         dvars: None,
         dvars_pct: None,

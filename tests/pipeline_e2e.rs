@@ -39,6 +39,7 @@ fn config(export: &Path, session: &Path, volumes_per_run: u32, naming: &str) -> 
     Config {
         session: SessionConfig {
             dir: Some(session.to_path_buf()),
+            ..Default::default()
         },
         ingest,
         realign: Default::default(),

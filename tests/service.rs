@@ -152,6 +152,7 @@ fn config(export: &Path, session: &Path) -> Config {
     Config {
         session: SessionConfig {
             dir: Some(session.to_path_buf()),
+            ..Default::default()
         },
         ingest,
         realign: Default::default(),

@@ -360,6 +360,16 @@ impl DecodeStage {
         }
     }
 
+    /// What this stage does with betas (a resumed session decides from it
+    /// which stored betas still need decoding).
+    pub fn outputs(&self) -> crate::resume::DecodeOutputs {
+        crate::resume::DecodeOutputs {
+            decodes: self.fast.is_some(),
+            warmup: self.decode_warmup,
+            reconstructs: self.worker.is_some(),
+        }
+    }
+
     /// Counters so far.
     pub fn counts(&self) -> DecodeCounts {
         self.counts

@@ -186,8 +186,20 @@ impl Drop for IngestHandle {
 /// `out` should be bounded: when it is full, ingest logs that downstream is
 /// behind and waits (volumes are never dropped).
 pub fn spawn(config: IngestConfig, out: Sender<IngestEvent>) -> Result<IngestHandle, IngestError> {
+    spawn_resumed(config, out, Vec::new())
+}
+
+/// [`spawn`] for a resumed session: `resumed` says, per run, what was
+/// settled before the restart; those files are not processed again, the
+/// open run continues where it stopped (no second `RunStarted`), and files
+/// that came while the daemon was down are taken as usual.
+pub fn spawn_resumed(
+    config: IngestConfig,
+    out: Sender<IngestEvent>,
+    resumed: Vec<reorder::ResumedRun>,
+) -> Result<IngestHandle, IngestError> {
     let counters = Arc::new(Counters::default());
-    let (tx, thread) = stage::start(config, out, counters.clone())?;
+    let (tx, thread) = stage::start(config, out, counters.clone(), resumed)?;
     Ok(IngestHandle {
         tx,
         thread: Some(thread),

@@ -155,6 +155,24 @@ impl<T> Run<T> {
     }
 }
 
+/// A run as a resumed session left it (see [`crate::resume`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumedRun {
+    /// Run number.
+    pub run: u32,
+    /// Index of its first volume.
+    pub first_index: u32,
+    /// Indices that got a volume (realigned or failed), with the file each
+    /// came from.
+    pub taken: BTreeMap<u32, String>,
+    /// The next index to settle: everything below is taken or declared
+    /// missing (a file for a missing one is delivered late).
+    pub next: u32,
+    /// The run had ended (its later files are late); otherwise it is the
+    /// open run and continues.
+    pub ended: bool,
+}
+
 /// Ordering state of every run of the session.
 #[derive(Debug)]
 pub struct Reorder<T> {
@@ -170,6 +188,26 @@ impl<T> Reorder<T> {
             cfg,
             runs: BTreeMap::new(),
             open: None,
+        }
+    }
+
+    /// Continue from a stored session's runs, as if the daemon had never
+    /// stopped: no `RunStarted` again, the open run goes on from `next`.
+    pub fn resume(&mut self, runs: &[ResumedRun], now: Instant) {
+        for r in runs {
+            let mut run = Run::new(r.first_index, r.next.saturating_sub(1), now);
+            run.next = r.next;
+            run.taken = r.taken.keys().copied().collect();
+            if let Some(&h) = run.taken.last() {
+                run.highest_seen = run.highest_seen.max(h);
+            }
+            run.status = if r.ended {
+                Status::Ended
+            } else {
+                self.open = Some(r.run);
+                Status::Open
+            };
+            self.runs.insert(r.run, run);
         }
     }
 
@@ -786,5 +824,42 @@ mod tests {
             t.arrive(1, 2, 1),
             vec![Miss(1, 0, None), Vol(1, 1, false), Vol(1, 2, false)]
         );
+    }
+
+    #[test]
+    fn a_resumed_session_continues_its_runs_where_they_stopped() {
+        let mut t = T::new(2, Some(6));
+        let taken = |ix: &[u32]| ix.iter().map(|&i| (i, format!("v{i}"))).collect();
+        t.r.resume(
+            &[
+                ResumedRun {
+                    run: 1,
+                    first_index: 0,
+                    taken: taken(&[0, 1, 2, 3, 4, 5]),
+                    next: 6,
+                    ended: true,
+                },
+                // Run 2 stopped after volume 2; volume 1 was declared missing.
+                ResumedRun {
+                    run: 2,
+                    first_index: 0,
+                    taken: taken(&[0, 2]),
+                    next: 3,
+                    ended: false,
+                },
+            ],
+            t.t0,
+        );
+        assert_eq!(t.r.open_run(), Some(2));
+        // A volume it had is a duplicate; the missing one comes late; the
+        // open run goes on without starting again, and ends when complete.
+        assert_eq!(t.seen(2, 2, 10), Seen::Duplicate);
+        assert_eq!(t.arrive(2, 1, 10), vec![E::Vol(2, 1, true)]);
+        assert_eq!(t.arrive(2, 3, 20), vec![E::Vol(2, 3, false)]);
+        assert_eq!(t.arrive(2, 4, 30), vec![E::Vol(2, 4, false)]);
+        assert_eq!(t.arrive(2, 5, 40), vec![E::Vol(2, 5, false), E::End(2)]);
+        // The ended run's files are late, a new run starts as usual.
+        assert_eq!(t.arrive(1, 6, 50), vec![E::Vol(1, 6, true)]);
+        assert_eq!(t.arrive(3, 0, 60), vec![E::Start(3), E::Vol(3, 0, false)]);
     }
 }

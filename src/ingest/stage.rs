@@ -23,7 +23,7 @@ use super::config::{IngestConfig, WatchMode};
 use super::naming::{self, Naming};
 use super::pending::{Failure, FileStat, PendingFile, RetryPolicy, Verdict};
 use super::quarantine;
-use super::reorder::{Output, Reorder, ReorderConfig, Seen};
+use super::reorder::{Output, Reorder, ReorderConfig, ResumedRun, Seen};
 use super::validate;
 use super::watch::{self, Msg, Origin, Watching};
 use super::{Counters, IngestError};
@@ -78,6 +78,7 @@ pub(crate) fn start(
     cfg: IngestConfig,
     out: Sender<IngestEvent>,
     counters: Arc<Counters>,
+    resumed: Vec<ResumedRun>,
 ) -> Result<(Sender<Msg>, JoinHandle<()>), IngestError> {
     cfg.validate()?;
     let naming = Naming::from_config(&cfg.naming)?;
@@ -169,18 +170,31 @@ pub(crate) fn start(
         qdir.display()
     );
     let retry = IngestConfig::secs(cfg.retry_interval);
+    let mut reorder = Reorder::new(ReorderConfig {
+        window: cfg.reorder_window,
+        gap_timeout: IngestConfig::secs(cfg.gap_timeout),
+        volumes_per_run: cfg.volumes_per_run,
+        run_idle_timeout: IngestConfig::secs(cfg.run_idle_timeout),
+    });
+    reorder.resume(&resumed, now);
+    let processed = resumed
+        .iter()
+        .flat_map(|r| {
+            r.taken.iter().map(|(&index, file)| {
+                let name = Path::new(file).file_name().map(|n| n.to_os_string());
+                (VolumeKey { run: r.run, index }, name)
+            })
+        })
+        .collect();
     let stage = Stage {
         policy: RetryPolicy {
             retry_interval: retry,
             partial_timeout: IngestConfig::secs(cfg.partial_timeout),
             invalid_settle: retry * 2,
         },
-        reorder: Reorder::new(ReorderConfig {
-            window: cfg.reorder_window,
-            gap_timeout: IngestConfig::secs(cfg.gap_timeout),
-            volumes_per_run: cfg.volumes_per_run,
-            run_idle_timeout: IngestConfig::secs(cfg.run_idle_timeout),
-        }),
+        reorder,
+        processed,
+        skipped_processed: 0,
         cfg,
         naming,
         dir,
@@ -222,6 +236,10 @@ struct Stage {
     pending: HashMap<PathBuf, PendingFile>,
     done: HashMap<PathBuf, Done>,
     reorder: Reorder<Taken>,
+    /// Volumes a resumed session settled before the restart, with the name
+    /// of the file each came from: that file is not processed again.
+    processed: HashMap<VolumeKey, Option<std::ffi::OsString>>,
+    skipped_processed: u64,
     /// Each run's grid, set by its first good volume.
     grids: HashMap<u32, Grid>,
     ignored_exts: HashSet<String>,
@@ -284,6 +302,13 @@ impl Stage {
         let now = Instant::now();
         for f in std::mem::take(&mut self.initial) {
             self.on_path(f, true, now);
+        }
+        if self.skipped_processed > 0 {
+            tracing::info!(
+                "{} file(s) in {} were processed before the restart: not processed again",
+                self.skipped_processed,
+                self.dir.display()
+            );
         }
         loop {
             if self.downstream_gone {
@@ -484,6 +509,16 @@ impl Stage {
             return;
         };
         let key = parsed.key;
+        if self
+            .processed
+            .get(&key)
+            .is_some_and(|f| f.as_deref() == path.file_name())
+        {
+            tracing::debug!("{}: {key} was processed before the restart", path.display());
+            self.skipped_processed += 1;
+            self.done.insert(path, Done::Duplicate);
+            return;
+        }
         match current {
             Ok(None) => {
                 tracing::warn!(

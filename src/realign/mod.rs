@@ -169,6 +169,33 @@ struct RunState {
     last_masked: Arc<[f32]>,
 }
 
+/// A run's last in-sequence volume, as a resumed session stored it.
+#[derive(Debug, Clone)]
+pub struct LastVolume {
+    /// Run number.
+    pub run: u32,
+    /// Its parameters (full precision).
+    pub params: MotionParams,
+    /// Its reference → volume map (full precision): the next volume's start.
+    pub ref_to_volume: Matrix4<f64>,
+    /// Its masked voxels (for DVARS).
+    pub masked: Arc<[f32]>,
+}
+
+/// Realign's state from a stored session: reference and mask as stored
+/// (not picked again), and each run's last volume.
+#[derive(Debug, Clone)]
+pub struct ResumedRealign {
+    /// The session reference, on its exact grid.
+    pub reference: Volume,
+    /// The session mask image (output grid).
+    pub mask: Volume,
+    /// Where the reference came from, for the log.
+    pub source: String,
+    /// Per run, the last volume that was not late.
+    pub runs: Vec<LastVolume>,
+}
+
 /// The realign stage's state: the prepared reference and, per run, what
 /// the previous volume looked like (for FD, DVARS and a warm start).
 pub struct Realigner {
@@ -202,9 +229,50 @@ impl Realigner {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            r.set_reference(&reference, source)?;
+            r.set_reference(&reference, source, None)?;
         }
         Ok(r)
+    }
+
+    /// Continue a stored session: its reference and mask (already
+    /// announced to the store), and each run where it stopped, so the next
+    /// volume is registered, measured and compared exactly as without the
+    /// interruption.
+    pub fn resume(config: RealignConfig, state: ResumedRealign) -> Result<Realigner, RealignError> {
+        let mut r = Realigner {
+            config,
+            configured_reference: None,
+            session: None,
+            runs: HashMap::new(),
+        };
+        r.set_reference(&state.reference, state.source, Some(&state.mask))?;
+        if let Some(s) = r.session.as_mut() {
+            s.announced = true;
+        }
+        for last in state.runs {
+            r.runs.insert(
+                last.run,
+                RunState {
+                    last_params: last.params,
+                    last_transform: last.ref_to_volume,
+                    last_masked: last.masked,
+                },
+            );
+        }
+        Ok(r)
+    }
+
+    /// The `ReferenceReady` event for the session reference, once it is set.
+    pub fn reference_ready(&self) -> Option<PipelineEvent> {
+        self.session
+            .as_ref()
+            .map(|s| PipelineEvent::ReferenceReady {
+                source: s.source.clone(),
+                mask_voxels: s.mask.len(),
+                reference: s.reference.clone(),
+                mask: Arc::new(s.mask.clone()),
+                cross_session: s.cross_session.clone(),
+            })
     }
 
     /// Whether the session reference is prepared.
@@ -227,7 +295,14 @@ impl Realigner {
         self.session.as_ref().map(|s| s.registration.centre())
     }
 
-    fn set_reference(&mut self, reference: &Volume, source: String) -> Result<usize, RealignError> {
+    /// `stored_mask`: a resumed session's mask image, used instead of the
+    /// configured or computed one.
+    fn set_reference(
+        &mut self,
+        reference: &Volume,
+        source: String,
+        stored_mask: Option<&Volume>,
+    ) -> Result<usize, RealignError> {
         let registration = Registration::new(reference, self.config.registration.clone())?;
         let mut cross_session = None;
         let (resampler, target_image) = match &self.config.target_grid {
@@ -274,14 +349,16 @@ impl Realigner {
                 (Resampler::onto_reference(reference.grid()), None)
             }
         };
-        let mask = match &self.config.mask {
-            Some(p) => {
+        let mask = match (&self.config.mask, stored_mask) {
+            (_, Some(m)) => SessionMask::from_image(m, resampler.target())
+                .map_err(|e| RealignError::Setup(format!("stored session mask: {e}")))?,
+            (Some(p), None) => {
                 let m = nifti::read_volume(p)
                     .map_err(|e| RealignError::Setup(format!("mask {}: {e}", p.display())))?;
                 SessionMask::from_image(&m, resampler.target())
                     .map_err(|e| RealignError::Setup(format!("mask {}: {e}", p.display())))?
             }
-            None => SessionMask::compute_epi(target_image.as_ref().unwrap_or(reference))
+            (None, None) => SessionMask::compute_epi(target_image.as_ref().unwrap_or(reference))
                 .map_err(|e| RealignError::Setup(format!("computed mask: {e}")))?,
         };
         let on_target = resampler.resample(reference, &registration.world_init(reference.grid()));
@@ -305,9 +382,11 @@ impl Realigner {
 
     /// Say once which reference and mask the session uses.
     fn announce(&mut self, emit: &mut dyn FnMut(PipelineEvent)) {
+        let mut announce = false;
         if let Some(s) = self.session.as_mut()
             && !s.announced
         {
+            announce = true;
             s.announced = true;
             tracing::info!(
                 "session reference: {}, mask {} voxels",
@@ -328,13 +407,9 @@ impl Realigner {
                     p[5]
                 );
             }
-            emit(PipelineEvent::ReferenceReady {
-                source: s.source.clone(),
-                mask_voxels: s.mask.len(),
-                reference: s.reference.clone(),
-                mask: Arc::new(s.mask.clone()),
-                cross_session: s.cross_session.clone(),
-            });
+        }
+        if let Some(ev) = announce.then(|| self.reference_ready()).flatten() {
+            emit(ev);
         }
     }
 
@@ -350,7 +425,7 @@ impl Realigner {
     fn handle_volume(&mut self, v: IngestedVolume, emit: &mut dyn FnMut(PipelineEvent)) {
         if self.session.is_none() {
             let source = format!("{} ({})", v.path.display(), v.key);
-            if let Err(e) = self.set_reference(&v.volume, source) {
+            if let Err(e) = self.set_reference(&v.volume, source, None) {
                 // Not fatal: the next good volume gets its chance to be
                 // the reference.
                 tracing::error!(
@@ -447,6 +522,7 @@ impl Realigner {
             path: v.path.clone(),
             late: v.late,
             params,
+            ref_to_volume: reg.ref_to_volume,
             fd,
             dvars,
             dvars_pct,

@@ -10,6 +10,9 @@
 //!                          quarantined files, realign failures, notices
 //!   quarantine/            files that never decoded, each with a .reason.txt
 //!   reference.nii.gz       the session reference volume
+//!   reference_grid.tsv     its geometry at full precision (NIfTI-1 keeps
+//!                          float32), so a resumed session registers to
+//!                          exactly the same reference
 //!   mask.nii.gz            the session mask (output grid)
 //!   run-01/motion.par      MCFLIRT-convention parameters, one row per volume
 //!                          index in order (NaN row for a volume that never came)
@@ -18,6 +21,10 @@
 //!   run-01/masked.npy      realigned masked voxels (float32, one row per
 //!                          volume, arrival order; np.where voxel order)
 //!   run-01/masked_rows.tsv row → volume index of masked.npy
+//!   run-01/params.npy      per masked.npy row (float64): the six motion
+//!                          parameters at full precision, then the 4×4
+//!                          reference → volume matrix (row-major); what a
+//!                          resumed session continues from
 //!   run-01/feedback.tsv    per volume and region/decoder: value, smoothed
 //!   betas/raw.npy          one row per trial beta (float32, mask order)
 //!   betas/z.npy            the same, z-scored
@@ -40,14 +47,22 @@
 //! Every row is flushed to the operating system when written, so a crash
 //! of the daemon loses at most the volume in flight. `motion.par` is the one
 //! file rewritten (atomically) — when a late volume fills a gap.
+//!
+//! Each record has one file that commits it, written last: `qc.tsv` for a
+//! volume (after masked.npy, params.npy, masked_rows.tsv and motion.par),
+//! `betas/index.tsv` for a beta (after the three .npy rows),
+//! `decode/retrieval.tsv` for a decode (after query.npy), `recon.tsv` for a
+//! reconstruction (after its PNG and steps). A crash leaves at most a torn
+//! last line or rows ahead of their commit, which [`crate::resume`] cuts
+//! off before [`SessionStore::reopen`] appends to the same files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::npy::NpyAppender;
+use super::npy::{Dtype, NpyAppender};
 use crate::formats::nifti::{self, WriteOptions};
 use crate::messages::{
     IngestEvent, MissingReason, PipelineEvent, RealignedVolume, TrialBeta, VolumeKey,
@@ -60,12 +75,41 @@ struct RunFiles {
     dir: PathBuf,
     feedback: Option<File>,
     qc: File,
+    /// Rows in qc.tsv so far (recorded with the run's end, so a resumed
+    /// session knows which rows came after it).
+    qc_rows: usize,
     par: File,
     masked: Option<NpyAppender>,
+    params: Option<NpyAppender>,
     masked_rows: File,
     /// Volume index → parameters (None: never came), in index order; the
     /// source for rewriting motion.par when a late volume fills a gap.
     motion: BTreeMap<u32, Option<MotionParams>>,
+}
+
+/// Columns of params.npy: six parameters, then the 4×4 matrix.
+pub const PARAMS_COLS: usize = 22;
+
+/// What a resumed session's folder already holds, so that an event
+/// replayed on resume is not recorded twice.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    /// The reference, mask and cross-session files are written.
+    pub reference: bool,
+    /// Voxels in the session mask (0: no reference yet).
+    pub mask_voxels: usize,
+    /// Per run: volume index → parameters (None for a gap), and qc.tsv rows.
+    pub runs: BTreeMap<u32, (BTreeMap<u32, Option<MotionParams>>, usize)>,
+    /// (run, trial) with a row in betas/index.tsv (beta or skipped).
+    pub trials: HashSet<(u32, usize)>,
+    /// (run, trial) with a row in decode/retrieval.tsv.
+    pub decoded: HashSet<(u32, usize)>,
+    /// (run, trial) with a row in decode/recon.tsv.
+    pub reconstructed: HashSet<(u32, usize)>,
+    /// (run, trial, what) with a row in decode/skipped.tsv.
+    pub decode_skipped: HashSet<(u32, usize, String)>,
+    /// Volumes with rows in a run's feedback.tsv.
+    pub feedback: HashSet<VolumeKey>,
 }
 
 /// The session's beta files (created with the first beta).
@@ -96,6 +140,7 @@ pub struct SessionStore {
     ingest_log: File,
     runs: BTreeMap<u32, RunFiles>,
     mask_voxels: usize,
+    recorded: Recorded,
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
@@ -121,19 +166,39 @@ fn clean(s: &str) -> String {
     s.replace(['\t', '\n', '\r'], " ")
 }
 
+/// The first line of session.toml; the configuration follows it verbatim.
+pub const SESSION_TOML_FIRST: &str = "# boldstream ";
+
 impl SessionStore {
-    /// Create the session folder (or reopen it) and record the configuration.
+    /// Create the session folder and record the configuration.
     pub fn create(dir: &Path, config_text: &str) -> std::io::Result<SessionStore> {
         std::fs::create_dir_all(dir)?;
         std::fs::create_dir_all(dir.join("quarantine"))?;
-        let mut cfg = File::create(dir.join("session.toml"))?;
-        writeln!(
-            cfg,
-            "# boldstream {} session started {:.3} (unix seconds)",
+        // Atomic: a resumed session compares its configuration with this
+        // one, so it must never be half written.
+        let text = format!(
+            "{SESSION_TOML_FIRST}{} session started {:.3} (unix seconds)\n{config_text}",
             env!("CARGO_PKG_VERSION"),
             unix_seconds(SystemTime::now())
-        )?;
-        cfg.write_all(config_text.as_bytes())?;
+        );
+        super::atomic_write(&dir.join("session.toml"), text.as_bytes())?;
+        SessionStore::open(dir, Recorded::default())
+    }
+
+    /// Continue a session folder that [`crate::resume`] has loaded and
+    /// repaired: every file is appended to, and events for what is already
+    /// `recorded` are not written again.
+    pub fn reopen(dir: &Path, recorded: Recorded) -> std::io::Result<SessionStore> {
+        let mut store = SessionStore::open(dir, recorded)?;
+        store.mask_voxels = store.recorded.mask_voxels;
+        let runs: Vec<u32> = store.recorded.runs.keys().copied().collect();
+        for run in runs {
+            store.run(run)?;
+        }
+        Ok(store)
+    }
+
+    fn open(dir: &Path, recorded: Recorded) -> std::io::Result<SessionStore> {
         let log_path = dir.join("ingest_log.tsv");
         let new = !log_path.exists();
         let mut ingest_log = append(&log_path)?;
@@ -148,7 +213,13 @@ impl SessionStore {
             ingest_log,
             runs: BTreeMap::new(),
             mask_voxels: 0,
+            recorded,
         })
+    }
+
+    /// Write a line to ingest_log.tsv (the resume notice, say).
+    pub fn note(&mut self, event: &str, detail: &str) -> std::io::Result<()> {
+        self.log(event, None, Path::new(""), detail)
     }
 
     /// The session folder.
@@ -160,25 +231,44 @@ impl SessionStore {
         if !self.runs.contains_key(&run) {
             let dir = self.dir.join(format!("run-{run:02}"));
             std::fs::create_dir_all(&dir)?;
-            let qc_path = dir.join("qc.tsv");
-            let new = !qc_path.exists();
-            let mut qc = append(&qc_path)?;
-            if new {
-                writeln!(qc, "{QC_HEADER}")?;
-            }
+            let header = |name: &str, h: &str| -> std::io::Result<File> {
+                let path = dir.join(name);
+                let new = !path.exists();
+                let mut f = append(&path)?;
+                if new {
+                    writeln!(f, "{h}")?;
+                }
+                Ok(f)
+            };
+            let qc = header("qc.tsv", QC_HEADER)?;
+            let masked_rows = header("masked_rows.tsv", "row\tvolume\tlate")?;
             let par = append(&dir.join("motion.par"))?;
-            let mut masked_rows = File::create(dir.join("masked_rows.tsv"))?;
-            writeln!(masked_rows, "row\tvolume\tlate")?;
+            let (motion, qc_rows) = self.recorded.runs.remove(&run).unwrap_or_default();
+            // A resumed run appends to the matrices it had (repaired to
+            // its committed rows); a new one creates them with its first
+            // volume.
+            let reopen = |name: &str, cols: usize, dtype: Dtype| -> std::io::Result<_> {
+                let path = dir.join(name);
+                if cols > 0 && path.exists() {
+                    NpyAppender::open(&path, cols, dtype).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let masked = reopen("masked.npy", self.mask_voxels, Dtype::F32)?;
+            let params = reopen("params.npy", PARAMS_COLS, Dtype::F64)?;
             self.runs.insert(
                 run,
                 RunFiles {
                     dir,
                     feedback: None,
                     qc,
+                    qc_rows,
                     par,
-                    masked: None,
+                    masked,
+                    params,
                     masked_rows,
-                    motion: BTreeMap::new(),
+                    motion,
                 },
             );
         }
@@ -238,6 +328,10 @@ impl SessionStore {
                 cross_session,
             } => {
                 self.mask_voxels = *mask_voxels;
+                if self.recorded.reference {
+                    // A resumed session announces the reference it had.
+                    return Ok(());
+                }
                 if let Some(c) = cross_session {
                     self.cross_session(c)?;
                 }
@@ -245,8 +339,20 @@ impl SessionStore {
                     gzip: true,
                     ..Default::default()
                 };
-                nifti::write_volume(&self.dir.join("reference.nii.gz"), reference, &opts)?;
-                nifti::write_volume(&self.dir.join("mask.nii.gz"), &mask.to_volume(), &opts)?;
+                // Atomic, grid first and mask last: a resumed session takes
+                // the reference as set once the mask is there.
+                super::atomic_write(
+                    &self.dir.join("reference_grid.tsv"),
+                    grid_text(reference.grid()).as_bytes(),
+                )?;
+                super::atomic_write(
+                    &self.dir.join("reference.nii.gz"),
+                    &nifti::encode_volume(reference, &opts)?,
+                )?;
+                super::atomic_write(
+                    &self.dir.join("mask.nii.gz"),
+                    &nifti::encode_volume(&mask.to_volume(), &opts)?,
+                )?;
                 self.log(
                     "reference",
                     None,
@@ -267,6 +373,9 @@ impl SessionStore {
                 event,
                 reason,
             } => {
+                if !self.recorded.trials.insert((*run, *trial)) {
+                    return Ok(());
+                }
                 self.log(
                     "trial_skipped",
                     None,
@@ -285,6 +394,9 @@ impl SessionStore {
                 )
             }
             PipelineEvent::Feedback(f) => {
+                if !self.recorded.feedback.insert(f.key) {
+                    return Ok(());
+                }
                 let rf = self.run(f.key.run)?;
                 if rf.feedback.is_none() {
                     let path = rf.dir.join("feedback.tsv");
@@ -296,16 +408,19 @@ impl SessionStore {
                     rf.feedback = Some(file);
                 }
                 if let Some(file) = rf.feedback.as_mut() {
+                    // One write for the volume's lines: a crash keeps all
+                    // of them or none (but a torn last line).
+                    let mut text = String::new();
                     for v in &f.values {
-                        writeln!(
-                            file,
-                            "{}\t{}\t{:.6}\t{:.6}",
+                        text.push_str(&format!(
+                            "{}\t{}\t{:.6}\t{:.6}\n",
                             f.key.index,
                             clean(&v.name),
                             v.value,
                             v.smoothed
-                        )?;
+                        ));
                     }
+                    file.write_all(text.as_bytes())?;
                 }
                 Ok(())
             }
@@ -343,6 +458,13 @@ impl SessionStore {
                 what,
                 reason,
             } => {
+                if !self
+                    .recorded
+                    .decode_skipped
+                    .insert((*run, *trial, what.to_string()))
+                {
+                    return Ok(());
+                }
                 let d = self.decode_files()?;
                 writeln!(
                     d.skipped,
@@ -392,12 +514,17 @@ impl SessionStore {
     }
 
     fn decoded(&mut self, t: &crate::messages::TrialDecoded) -> std::io::Result<()> {
+        if !self.recorded.decoded.insert((t.run, t.trial)) {
+            return Ok(());
+        }
         let d = self.decode_files()?;
         if d.query.is_none() {
-            d.query = Some(NpyAppender::create(
-                &d.dir.join("query.npy"),
-                t.query.len(),
-            )?);
+            let path = d.dir.join("query.npy");
+            d.query = Some(if path.exists() {
+                NpyAppender::open(&path, t.query.len(), Dtype::F32)?
+            } else {
+                NpyAppender::create(&path, t.query.len())?
+            });
         }
         let row = match d.query.as_mut() {
             Some(q) => {
@@ -434,6 +561,9 @@ impl SessionStore {
     }
 
     fn reconstructed(&mut self, r: &crate::messages::TrialReconstructed) -> std::io::Result<()> {
+        if !self.recorded.reconstructed.insert((r.run, r.trial)) {
+            return Ok(());
+        }
         let d = self.decode_files()?;
         let name = format!("run-{:02}_trial-{:03}.png", r.run, r.trial);
         let png =
@@ -491,15 +621,32 @@ impl SessionStore {
 
     fn ingest(&mut self, ev: &IngestEvent) -> std::io::Result<()> {
         match ev {
-            IngestEvent::RunStarted { run, .. } => {
+            IngestEvent::RunStarted { run, first_index } => {
                 self.run(*run)?;
-                self.log("run_started", None, Path::new(""), &format!("run {run}"))
+                // The volume column is the run's first index: a resumed
+                // session restarts the run's ordering from it.
+                self.log(
+                    "run_started",
+                    Some(VolumeKey {
+                        run: *run,
+                        index: *first_index,
+                    }),
+                    Path::new(""),
+                    &format!("run {run}"),
+                )
             }
             IngestEvent::RunEnded { run } => {
                 let rf = self.run(*run)?;
                 rf.qc.sync_data()?;
                 rf.par.sync_data()?;
-                self.log("run_ended", None, Path::new(""), &format!("run {run}"))
+                let rows = rf.qc_rows;
+                // The qc rows before the end: later ones are volumes
+                // delivered late to the ended run, replayed after it.
+                writeln!(
+                    self.ingest_log,
+                    "{:.3}\trun_ended\t{run}\tn/a\t\trun {run}; {rows} qc rows",
+                    unix_seconds(SystemTime::now()),
+                )
             }
             IngestEvent::Missing { key, reason } => {
                 let detail = match reason {
@@ -558,14 +705,25 @@ impl SessionStore {
     }
 
     fn beta(&mut self, b: &TrialBeta) -> std::io::Result<()> {
+        if !self.recorded.trials.insert((b.run, b.trial)) {
+            return Ok(());
+        }
         if self.betas.is_none() {
             let dir = self.dir.join("betas");
             std::fs::create_dir_all(&dir)?;
             let v = b.raw.len();
+            let npy = |name: &str| {
+                let path = dir.join(name);
+                if path.exists() {
+                    NpyAppender::open(&path, v, Dtype::F32)
+                } else {
+                    NpyAppender::create(&path, v)
+                }
+            };
             self.betas = Some(BetaFiles {
-                raw: NpyAppender::create(&dir.join("raw.npy"), v)?,
-                z: NpyAppender::create(&dir.join("z.npy"), v)?,
-                decode: NpyAppender::create(&dir.join("decode.npy"), v)?,
+                raw: npy("raw.npy")?,
+                z: npy("z.npy")?,
+                decode: npy("decode.npy")?,
             });
         }
         let files = self
@@ -615,6 +773,9 @@ impl SessionStore {
         detail: &str,
     ) -> std::io::Result<()> {
         let rf = self.run(key.run)?;
+        if rf.motion.insert(key.index, None).is_none() {
+            writeln!(rf.par, "{}", ["nan"; 6].join("  "))?;
+        }
         let nan = "n/a\t".repeat(14);
         writeln!(
             rf.qc,
@@ -623,9 +784,7 @@ impl SessionStore {
             clean(&path.display().to_string()),
             clean(detail)
         )?;
-        if rf.motion.insert(key.index, None).is_none() {
-            writeln!(rf.par, "{}", ["nan"; 6].join("  "))?;
-        }
+        rf.qc_rows += 1;
         Ok(())
     }
 
@@ -638,13 +797,55 @@ impl SessionStore {
             .unwrap_or(r.realigned_at);
         let mask_voxels = self.mask_voxels;
         let rf = self.run(r.key.run)?;
+        // Created on the first volume: the mask size is known only once the
+        // reference is set, which may be after the run started. Never
+        // truncated: a run resumed before its first volume has them.
+        let open_or_create = |path: PathBuf, cols: usize, dtype: Dtype| {
+            if path.exists() {
+                NpyAppender::open(&path, cols, dtype)
+            } else {
+                NpyAppender::create_typed(&path, cols, dtype)
+            }
+        };
         if rf.masked.is_none() && mask_voxels > 0 {
-            // Created on the first volume: the mask size is known only once
-            // the reference is set, which may be after the run started.
-            rf.masked = Some(NpyAppender::create(
-                &rf.dir.join("masked.npy"),
+            rf.masked = Some(open_or_create(
+                rf.dir.join("masked.npy"),
                 mask_voxels,
+                Dtype::F32,
             )?);
+        }
+        if rf.params.is_none() {
+            rf.params = Some(open_or_create(
+                rf.dir.join("params.npy"),
+                PARAMS_COLS,
+                Dtype::F64,
+            )?);
+        }
+        // qc.tsv last: its row commits the volume (see the module doc).
+        if let (Some(m), Some(pm)) = (rf.masked.as_mut(), rf.params.as_mut()) {
+            let row = m.rows();
+            m.append(&r.masked)?;
+            let mut full = Vec::with_capacity(PARAMS_COLS);
+            full.extend_from_slice(&r.params.0);
+            for i in 0..4 {
+                for j in 0..4 {
+                    full.push(r.ref_to_volume[(i, j)]);
+                }
+            }
+            pm.append_f64(&full)?;
+            writeln!(
+                rf.masked_rows,
+                "{row}\t{}\t{}",
+                r.key.index,
+                u8::from(r.late)
+            )?;
+        }
+        let filled_gap = rf.motion.insert(r.key.index, Some(r.params)).is_some();
+        if filled_gap {
+            rewrite_par(&rf.dir, &rf.motion)?;
+            rf.par = append(&rf.dir.join("motion.par"))?;
+        } else {
+            writeln!(rf.par, "{}", r.params.par_line())?;
         }
         let p = r.params.0;
         let status = if r.late { "late" } else { "ok" };
@@ -676,25 +877,31 @@ impl SessionStore {
                 .join(","),
             r.gain,
         )?;
-        let filled_gap = rf.motion.insert(r.key.index, Some(r.params)).is_some();
-        if filled_gap {
-            rewrite_par(&rf.dir, &rf.motion)?;
-            rf.par = append(&rf.dir.join("motion.par"))?;
-        } else {
-            writeln!(rf.par, "{}", r.params.par_line())?;
-        }
-        if let Some(m) = rf.masked.as_mut() {
-            let row = m.rows();
-            m.append(&r.masked)?;
-            writeln!(
-                rf.masked_rows,
-                "{row}\t{}\t{}",
-                r.key.index,
-                u8::from(r.late)
-            )?;
-        }
+        rf.qc_rows += 1;
         Ok(())
     }
+}
+
+/// reference_grid.tsv: the grid at full precision (`{}` prints the
+/// shortest decimal that reads back as the same f64).
+pub fn grid_text(g: &crate::volume::Grid) -> String {
+    let join = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x}"))
+            .collect::<Vec<_>>()
+            .join("\t")
+    };
+    let dims: Vec<String> = g.dims.iter().map(|d| d.to_string()).collect();
+    let affine: Vec<f64> = (0..4)
+        .flat_map(|i| (0..4).map(move |j| (i, j)))
+        .map(|(i, j)| g.affine[(i, j)])
+        .collect();
+    format!(
+        "# geometry of reference.nii.gz at full precision\ndims\t{}\npixdim\t{}\naffine\t{}\n",
+        dims.join("\t"),
+        join(&g.pixdim),
+        join(&affine)
+    )
 }
 
 /// Rewrite motion.par from the in-memory table, atomically (temp + rename).
