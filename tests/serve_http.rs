@@ -259,7 +259,7 @@ fn every_route_answers_and_the_event_stream_follows_the_run() {
     .unwrap();
     let plan = FaultPlan::parse(&format!("drop={DROPPED}")).unwrap();
     let writer = ScanWriter::new(
-        &root.join("export"),
+        root.join("export"),
         WriterOptions {
             pace: Pace::Interval(Duration::from_millis(20)),
             truth: TruthLocation::Dir(root.join("truth")),
@@ -365,7 +365,7 @@ fn every_route_answers_and_the_event_stream_follows_the_run() {
         assert!(text.lines().any(|l| l == count), "no `{count}` in\n{text}");
         let buckets = text
             .lines()
-            .filter(|l| l.starts_with(&format!("boldstream_stage_seconds_bucket{{le=")))
+            .filter(|l| l.starts_with("boldstream_stage_seconds_bucket{le="))
             .filter(|l| l.contains(&format!("stage=\"{stage}\"")))
             .count();
         assert!(buckets >= 10, "{stage}: {buckets} buckets in\n{text}");
