@@ -1,6 +1,7 @@
 # boldstream — the two commands a new machine needs:
 #   make demo   build, then run the simulator feeding the daemon (no arguments, no network)
-#   make test   the whole test suite (format, lints, unit + integration tests)
+#   make test   the whole test suite (format, lints, unit + integration tests,
+#               the dashboard in headless Chromium: `make browser-deps` first)
 # and, for the figures in the README:
 #   make bench  realign, GLM and decode benchmarks next to SimpleITK and nilearn (needs Python 3 + PyPI)
 #   make ort-gpu  swap in PyPI's onnxruntime-gpu (CUDA/TensorRT) on a GPU machine
@@ -12,7 +13,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: demo test bench parity-venv ort ort-gpu clean
+.PHONY: demo test bench parity-venv ort ort-gpu browser-deps clean
 
 ORT_VERSION := 1.31.1
 ORT_STAMP := $(VENV)/.onnxruntime-$(ORT_VERSION)
@@ -20,7 +21,7 @@ ORT_STAMP := $(VENV)/.onnxruntime-$(ORT_VERSION)
 demo: ort
 	$(CARGO) run --release --quiet -- demo
 
-test: ort
+test: ort browser-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) test --release
@@ -34,6 +35,31 @@ $(ORT_STAMP): $(VENV)/bin/python onnx/requirements.txt
 	touch $@
 
 ort: $(ORT_STAMP)
+
+# The dashboard's browser test (tests/dashboard_browser.rs) drives Debian's
+# chromium through playwright-core (pinned in tests/browser/package-lock.json).
+# Installed here when missing; installing chromium needs root (CI is root).
+BROWSER_DIR := tests/browser
+CHROMIUM := /usr/bin/chromium
+APT := DEBIAN_FRONTEND=noninteractive apt-get -q -y
+
+browser-deps: $(BROWSER_DIR)/node_modules/.package-lock.json
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" != 0 ]; then \
+	    echo "$(CHROMIUM) is missing: install Debian's chromium package (as root: apt-get install chromium)"; exit 1; \
+	  fi; \
+	  echo "installing chromium (apt-get)"; \
+	  $(APT) update && $(APT) install chromium; \
+	fi
+
+# npm ci leaves node_modules/.package-lock.json: reinstalled only when the
+# lock file changes.
+$(BROWSER_DIR)/node_modules/.package-lock.json: $(BROWSER_DIR)/package-lock.json
+	@if ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "npm is missing: install Node.js 20 or later"; exit 1; fi; \
+	  $(APT) update && $(APT) install nodejs npm; \
+	fi
+	cd $(BROWSER_DIR) && npm ci --no-audit --no-fund
 
 ort-gpu: $(VENV)/bin/python
 	$(VENV)/bin/pip uninstall --quiet -y onnxruntime || true
@@ -58,4 +84,4 @@ bench: parity-venv
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(BROWSER_DIR)/node_modules

@@ -201,6 +201,8 @@ mod tests {
         assert_eq!(c.decode.policy, crate::decode::schedule::ReconPolicy::Queue);
         assert_eq!(c.decode.max_queue, 16);
         assert!(!c.decode.enabled());
+        // The dashboard is on, and on loopback only.
+        assert_eq!(c.serve.http.as_deref(), Some("127.0.0.1:8080"));
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //!    after the warm-up run, on held-out images;
 //! 4. the report; the learning curve re-decodes the live betas with
 //!    adapters fitted on the first 25 % and 50 % of the calibration trials.
+//!
+//! Throughout the live session the daemon serves its dashboard (`--http`,
+//! 127.0.0.1:8080 by default, an ephemeral port when that one is taken),
+//! with the stimulus images it shows copied into `<out>/stimuli` so each
+//! trial's reconstruction appears beside its stimulus.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -97,6 +102,14 @@ pub struct DemoOptions {
     /// Skip the learning curve (adapters on 25 % and 50 % of the trials).
     #[arg(long)]
     pub no_learning_curve: bool,
+    /// Address of the live dashboard (falls back to an ephemeral port when
+    /// this one is taken). It is up during the live session.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub http: String,
+    /// Start the live session only once a dashboard page is open (so the
+    /// page sees every volume arrive).
+    #[arg(long)]
+    pub wait_for_dashboard: bool,
 }
 
 impl Default for DemoOptions {
@@ -115,6 +128,8 @@ impl Default for DemoOptions {
             model: PathBuf::from("onnx/demo"),
             glm_delay: 9.0,
             no_learning_curve: false,
+            http: "127.0.0.1:8080".into(),
+            wait_for_dashboard: false,
         }
     }
 }
@@ -157,6 +172,8 @@ pub struct DemoReport {
     pub learning_curve: Vec<(String, usize, Metrics)>,
     /// The report page.
     pub report: PathBuf,
+    /// Where the dashboard was served during the live session.
+    pub dashboard: Option<std::net::SocketAddr>,
     /// Seconds: calibration (simulate + betas + fit), live, report.
     pub seconds: (f64, f64, f64),
 }
@@ -350,6 +367,11 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
     // Decoding needs ONNX Runtime: say so before simulating anything.
     crate::decode::runtime::Runtime::new(&Default::default())
         .context("the demo decodes with ONNX Runtime (`make ort` installs it)")?;
+    let dashboard = dashboard_addr(&opts.http)?;
+    println!(
+        "dashboard: {} (up for the live session, which starts after calibration)",
+        dashboard_url(dashboard)
+    );
     let base = base.to_path_buf();
     let truth = base.join("truth");
     let export = base.join("export");
@@ -358,6 +380,8 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
     }
     let t_start = Instant::now();
     let stim = stimuli(opts)?;
+    let stimuli_dir = base.join("stimuli");
+    copy_stimuli(&stim, &stimuli_dir)?;
     let me = MindEyeDesign {
         images_per_run: opts.images_per_run,
         blank_trials_per_run: opts.blank_trials,
@@ -465,6 +489,10 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
         &responses,
         &base,
         &region_path,
+        Dashboard {
+            addr: dashboard,
+            stimuli: stimuli_dir,
+        },
     )?;
     let seconds_live = t_live.elapsed().as_secs_f64();
 
@@ -496,6 +524,7 @@ pub fn run_demo(opts: &DemoOptions, base: &Path) -> anyhow::Result<DemoReport> {
         session,
         learning_curve: data.learning_curve.clone(),
         report: report_path,
+        dashboard: live.dashboard,
         seconds: (seconds_calibration, seconds_live, seconds_report),
         pipeline: live
             .summary
@@ -519,6 +548,92 @@ struct Live {
     decoded: Vec<TrialDecoded>,
     recons: Vec<TrialReconstructed>,
     skipped: Vec<(u32, usize, String)>,
+    dashboard: Option<std::net::SocketAddr>,
+}
+
+/// Where the live session's dashboard goes.
+struct Dashboard {
+    addr: std::net::SocketAddr,
+    stimuli: PathBuf,
+}
+
+/// The dashboard's address: `addr` when it can be bound now, else the same
+/// host on a port the system picks (said on the console). The probe is
+/// closed again at once, so a page opened during calibration is refused
+/// plainly instead of hanging.
+fn dashboard_addr(addr: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::{TcpListener, ToSocketAddrs};
+    let wanted = addr
+        .to_socket_addrs()
+        .with_context(|| format!("--http {addr}: not an address"))?
+        .next()
+        .with_context(|| format!("--http {addr}: resolves to no address"))?;
+    let probe = match TcpListener::bind(wanted) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            let l = TcpListener::bind((wanted.ip(), 0))
+                .with_context(|| format!("--http {addr}: binding an ephemeral port"))?;
+            println!(
+                "dashboard: {wanted} is taken; using {} instead",
+                l.local_addr()?
+            );
+            l
+        }
+        Err(e) => return Err(e).with_context(|| format!("--http {addr}")),
+    };
+    Ok(probe.local_addr()?)
+}
+
+/// The URL a browser on this machine opens for `addr`.
+fn dashboard_url(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}/", std::net::SocketAddr::new(ip, addr.port()))
+}
+
+/// The bank images the demo can show (stimuli and retrieval candidates),
+/// as `<id>.png` in `dir`, for the dashboard's trial list.
+fn copy_stimuli(stim: &Stimuli, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for id in stim.train.iter().chain(&stim.test) {
+        let name = format!("{id}.png");
+        let from = stim.images_dir.join(&name);
+        std::fs::copy(&from, dir.join(&name))
+            .with_context(|| format!("copying {} to {}", from.display(), dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Start the pipeline serving the dashboard; when its port was taken
+/// since it was probed, on an ephemeral one (said on the console).
+fn start_serving(
+    config: &mut Config,
+    config_text: &str,
+    observer: &crossbeam_channel::Sender<PipelineEvent>,
+) -> anyhow::Result<Pipeline> {
+    let options = || PipelineOptions {
+        observers: vec![observer.clone()],
+        console: None,
+    };
+    match Pipeline::start(config, config_text, options()) {
+        Err(crate::pipeline::PipelineError::Serve(crate::serve::ServeError::Bind {
+            what: "dashboard",
+            addr,
+            source,
+        })) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            let fallback = addr
+                .parse::<std::net::SocketAddr>()
+                .map(|a| std::net::SocketAddr::new(a.ip(), 0).to_string())
+                .unwrap_or_else(|_| "127.0.0.1:0".into());
+            println!("dashboard: {addr} was taken meanwhile; moving to an ephemeral port");
+            config.serve.http = Some(fallback);
+            Ok(Pipeline::start(config, config_text, options())?)
+        }
+        other => Ok(other?),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -532,6 +647,7 @@ fn live_session(
     responses: &HashMap<String, Vec<f32>>,
     base: &Path,
     region_path: &Path,
+    dashboard: Dashboard,
 ) -> anyhow::Result<Live> {
     let tr = me.tr;
     let truth = base.join("truth");
@@ -604,7 +720,7 @@ fn live_session(
         },
         ..Default::default()
     };
-    let config = Config {
+    let mut config = Config {
         session: SessionConfig {
             dir: Some(base.join("session")),
             ..Default::default()
@@ -621,7 +737,11 @@ fn live_session(
             ..Default::default()
         },
         console: ConsoleConfig { enabled: true },
-        serve: Default::default(),
+        serve: crate::serve::ServeConfig {
+            http: Some(dashboard.addr.to_string()),
+            stimuli: Some(dashboard.stimuli),
+            ..Default::default()
+        },
     };
     let config_text = format!(
         "# demo: subject {}, {} live runs x {volumes} volumes, TR {tr} s played {}x faster, faults: {}\n",
@@ -647,14 +767,21 @@ fn live_session(
         export.display()
     );
     let (obs_tx, obs_rx) = unbounded();
-    let pipeline = Pipeline::start(
-        &config,
-        &config_text,
-        PipelineOptions {
-            observers: vec![obs_tx],
-            console: None,
-        },
-    )?;
+    let pipeline = start_serving(&mut config, &config_text, &obs_tx)?;
+    drop(obs_tx);
+    let dashboard = pipeline.http_addr();
+    if let Some(addr) = dashboard {
+        println!("dashboard live: {}", dashboard_url(addr));
+    }
+    if opts.wait_for_dashboard
+        && let Some(hub) = pipeline.hub()
+    {
+        println!("waiting for a dashboard page to open (--wait-for-dashboard)");
+        let clients = hub.metrics.clients("sse");
+        while clients.get() < 1 {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     let writer_opts = WriterOptions {
         pace: Pace::Interval(interval),
         truth: TruthLocation::Dir(truth.clone()),
@@ -685,6 +812,7 @@ fn live_session(
         decoded: Vec::new(),
         recons: Vec::new(),
         skipped: Vec::new(),
+        dashboard,
     };
     let mut cross = None;
     let mut take = |ev: PipelineEvent, live: &mut Live| match ev {
@@ -1164,9 +1292,12 @@ fn print_report(r: &DemoReport, base: &Path) {
         r.seconds.2
     );
     println!("report: {}", r.report.display());
-    println!(
-        "dashboard: none yet (the live dashboard is issue 6); the console above is the live view"
-    );
+    if let Some(addr) = r.dashboard {
+        println!(
+            "dashboard: was live at {} during the live session (it closes with it)",
+            dashboard_url(addr)
+        );
+    }
     println!("subject folder: {}", r.calibration.dir.display());
     println!("session folder: {}", s.session_dir.display());
     println!("simulator truth: {}", base.join("truth").display());

@@ -150,17 +150,27 @@ fn models_check(
     Ok(())
 }
 
-/// Logs: stderr (journald-friendly: no colours unless a terminal) at
-/// `RUST_LOG` or `stderr_level`, plus the session's `boldstream.log` (info,
-/// and boldstream's debug events: per-volume stage timings) when a session
-/// folder is given.
+/// Logs: stderr at `RUST_LOG` or `stderr_level`, plus the session's
+/// `boldstream.log` (info, and boldstream's debug events: per-volume stage
+/// timings) when a session folder is given.
+///
+/// Under systemd (`JOURNAL_STREAM` set: stderr is the journal) lines carry
+/// no colours and no timestamp, since journald stamps each line itself;
+/// the level stays first, so `journalctl` shows `WARN …`. Elsewhere,
+/// timestamps, and colours on a terminal.
 fn init_logging(stderr_level: &str, session_dir: Option<&Path>) -> anyhow::Result<()> {
     let stderr_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(stderr_level));
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(stderr_filter);
+        .with_ansi(!journald && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let stderr = if journald {
+        stderr.without_time().boxed()
+    } else {
+        stderr.boxed()
+    }
+    .with_filter(stderr_filter);
     let file = match session_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -589,6 +589,12 @@ impl Pipeline {
         self.serve.as_ref().and_then(crate::serve::Serve::http_addr)
     }
 
+    /// The hub behind the dashboard and feedback protocol (its metrics,
+    /// snapshots and subscriptions).
+    pub fn hub(&self) -> Option<&crate::serve::HubHandle> {
+        self.serve.as_ref().map(crate::serve::Serve::hub)
+    }
+
     /// Where the feedback protocol listens, when configured.
     pub fn feedback_addr(&self) -> Option<std::net::SocketAddr> {
         self.serve

@@ -22,6 +22,8 @@ fn demo_calibrates_decodes_every_trial_and_writes_the_report() {
         // test wants the same numbers every time.
         no_faults: true,
         model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("onnx/demo"),
+        // A port of its own: a fixed one may be in use beside the tests.
+        http: "127.0.0.1:0".into(),
         ..DemoOptions::default()
     };
     let base = tmp.path().join("demo");
@@ -38,6 +40,14 @@ fn demo_calibrates_decodes_every_trial_and_writes_the_report() {
             .map(|(l, n, m)| (l.clone(), *n, m.top1, m.two_way_pixcorr))
             .collect::<Vec<_>>(),
         r.cross_session_error
+    );
+
+    // The live session was served on the loopback address asked for.
+    assert!(
+        r.dashboard
+            .is_some_and(|a| a.ip().is_loopback() && a.port() != 0),
+        "{:?}",
+        r.dashboard
     );
 
     // Calibration: every image trial of the calibration runs has a beta.

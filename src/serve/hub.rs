@@ -136,6 +136,11 @@ pub struct Snapshot {
     pub trials: Vec<TrialRow>,
     /// The latest notices, oldest first.
     pub notices: Vec<String>,
+    /// The latest `ingest` messages (gaps, late files, duplicates,
+    /// quarantines, realign failures), oldest first.
+    pub ingest: Vec<FeedMessage>,
+    /// Whether stimulus images are served at `/stimulus/<id>.png`.
+    pub stimuli: bool,
     /// The decoder, when loaded.
     pub decoder: Option<FeedMessage>,
     /// Sequence number of the last message included.
@@ -179,6 +184,8 @@ pub struct HubHandle {
     pub recon_dir: PathBuf,
     /// Stimulus images (`<image_id>.png`), when configured.
     pub stimuli: Option<PathBuf>,
+    /// Signals the hub's end (its sender is dropped with the hub).
+    gone: tokio::sync::watch::Receiver<()>,
 }
 
 /// Why the hub did not answer.
@@ -221,6 +228,14 @@ impl HubHandle {
     /// Every message from now on (no snapshot).
     pub fn stream(&self) -> broadcast::Receiver<Arc<Published>> {
         self.broadcast.subscribe()
+    }
+
+    /// Resolves once the hub has stopped (the session is over and every
+    /// message has been published), so servers can end their streams
+    /// cleanly: the broadcast channel itself stays open while handles exist.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut gone = self.gone.clone();
+        async move { while gone.changed().await.is_ok() {} }
     }
 
     /// The latest volume message.
@@ -273,7 +288,10 @@ pub struct Hub {
     trials: BTreeMap<(u32, usize), TrialRow>,
     last_trial: Option<(u32, usize)>,
     notices: std::collections::VecDeque<String>,
+    ingest: std::collections::VecDeque<FeedMessage>,
     decoder: Option<FeedMessage>,
+    /// Dropped with the hub: tells [`HubHandle::closed`] it is over.
+    _alive: tokio::sync::watch::Sender<()>,
 }
 
 impl Hub {
@@ -291,7 +309,9 @@ impl Hub {
         let (broadcast, _) = broadcast::channel(config.backlog.max(16));
         let (req_tx, req_rx) = crossbeam_channel::bounded(REQUEST_QUEUE);
         let metrics = Arc::new(Metrics::new());
+        let (alive, gone) = tokio::sync::watch::channel(());
         let handle = HubHandle {
+            gone,
             requests: req_tx,
             broadcast: broadcast.clone(),
             metrics: metrics.clone(),
@@ -315,7 +335,9 @@ impl Hub {
             trials: BTreeMap::new(),
             last_trial: None,
             notices: Default::default(),
+            ingest: Default::default(),
             decoder: None,
+            _alive: alive,
         };
         Ok((hub, handle, req_rx))
     }
@@ -544,9 +566,14 @@ impl Hub {
                     self.notices.pop_front();
                 }
             }
-            FeedMessage::Decoder { .. } => self.decoder = Some(message.clone()),
-            FeedMessage::Feedback { .. } | FeedMessage::Ingest { .. } | FeedMessage::Run { .. } => {
+            FeedMessage::Ingest { .. } => {
+                self.ingest.push_back(message.clone());
+                while self.ingest.len() > NOTICES {
+                    self.ingest.pop_front();
+                }
             }
+            FeedMessage::Decoder { .. } => self.decoder = Some(message.clone()),
+            FeedMessage::Feedback { .. } | FeedMessage::Run { .. } => {}
         }
     }
 
@@ -560,6 +587,8 @@ impl Hub {
             volumes: self.volumes.iter().cloned().collect(),
             trials: self.trials.values().cloned().collect(),
             notices: self.notices.iter().cloned().collect(),
+            ingest: self.ingest.iter().cloned().collect(),
+            stimuli: self.config.stimuli.is_some(),
             decoder: self.decoder.clone(),
             seq: self.seq,
         }

@@ -118,7 +118,9 @@ pub enum ServeError {
 
 /// The running network surfaces (the hub runs on the pipeline's sink thread).
 pub struct Serve {
+    hub: HubHandle,
     runtime: Option<tokio::runtime::Runtime>,
+    http_server: Option<tokio::task::JoinHandle<()>>,
     http_addr: Option<SocketAddr>,
     feedback_addr: Option<SocketAddr>,
 }
@@ -158,7 +160,9 @@ impl Serve {
         if !needs_runtime {
             return Ok((
                 Serve {
+                    hub: handle,
                     runtime: None,
+                    http_server: None,
                     http_addr: None,
                     feedback_addr: None,
                 },
@@ -175,15 +179,19 @@ impl Serve {
                 what: "the network runtime".into(),
                 source,
             })?;
-        let http_addr = match &config.http {
-            Some(addr) => Some(
-                http::start(&runtime, addr, handle.clone()).map_err(|source| ServeError::Bind {
-                    what: "dashboard",
-                    addr: addr.clone(),
-                    source,
-                })?,
-            ),
-            None => None,
+        let (http_addr, http_server) = match &config.http {
+            Some(addr) => {
+                let (bound, server) =
+                    http::start(&runtime, addr, handle.clone()).map_err(|source| {
+                        ServeError::Bind {
+                            what: "dashboard",
+                            addr: addr.clone(),
+                            source,
+                        }
+                    })?;
+                (Some(bound), Some(server))
+            }
+            None => (None, None),
         };
         let feedback_addr = match &config.feedback {
             Some(addr) => Some(protocol::start_tcp(&runtime, addr, handle.clone()).map_err(
@@ -211,13 +219,20 @@ impl Serve {
         }
         Ok((
             Serve {
+                hub: handle,
                 runtime: Some(runtime),
+                http_server,
                 http_addr,
                 feedback_addr,
             },
             hub,
             requests,
         ))
+    }
+
+    /// How to reach the hub (its metrics, snapshots, subscriptions).
+    pub fn hub(&self) -> &HubHandle {
+        &self.hub
     }
 
     /// The dashboard's bound address.
@@ -230,8 +245,16 @@ impl Serve {
         self.feedback_addr
     }
 
-    /// Close every connection and stop serving.
+    /// Close every connection and stop serving. Called once the hub has
+    /// stopped: the dashboard's event streams end cleanly first (bounded
+    /// wait), then everything else is dropped.
     pub fn stop(mut self) {
+        if let (Some(rt), Some(server)) = (self.runtime.as_ref(), self.http_server.take()) {
+            // The timer needs the runtime's context: build it inside.
+            let _ = rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(2), server).await
+            });
+        }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
         }
