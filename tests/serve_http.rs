@@ -190,6 +190,7 @@ fn config(root: &Path) -> Config {
     Config {
         session: SessionConfig {
             dir: Some(root.join("session")),
+            ..Default::default()
         },
         ingest,
         realign: Default::default(),
