@@ -79,11 +79,15 @@ pub fn check(config_path: &Path) -> anyhow::Result<CheckReport> {
             base.display()
         )
     })?;
-    lines.push(format!(
-        "session folder {} (created at start; {} is writable)",
-        session.display(),
-        base.display()
-    ));
+    if session.join("session.toml").exists() {
+        lines.push(resume_line(&config, config_path, &session)?);
+    } else {
+        lines.push(format!(
+            "session folder {} (created at start; {} is writable)",
+            session.display(),
+            base.display()
+        ));
+    }
 
     serve_lines(&config, &session, &mut lines, &mut warnings)?;
 
@@ -168,6 +172,40 @@ pub fn check(config_path: &Path) -> anyhow::Result<CheckReport> {
         }
     }
     Ok(CheckReport { lines, warnings })
+}
+
+/// What `run` will do with a folder that already holds a session: the
+/// policy and the settings comparison of a resume, without reading (or
+/// repairing) the store itself — the check writes nothing.
+fn resume_line(config: &Config, config_path: &Path, session: &Path) -> anyhow::Result<String> {
+    if config.session.resume == crate::resume::ResumePolicy::Never {
+        anyhow::bail!(
+            "session folder {} already holds a session and [session] resume = \"never\": run would refuse to start",
+            session.display()
+        );
+    }
+    let stored_path = session.join("session.toml");
+    let stored = std::fs::read_to_string(&stored_path)
+        .with_context(|| format!("reading {}", stored_path.display()))?;
+    let stored = match stored.split_once('\n') {
+        Some((first, rest)) if first.starts_with(crate::sinks::store::SESSION_TOML_FIRST) => rest,
+        _ => stored.as_str(),
+    };
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let diff = crate::resume::config_differences(stored, &text)
+        .map_err(|e| anyhow::anyhow!("{}: does not parse: {e}", stored_path.display()))?;
+    if !diff.is_empty() {
+        anyhow::bail!(
+            "session folder {} holds a session started with other settings; run would refuse to resume it:\n  {}",
+            session.display(),
+            diff.join("\n  ")
+        );
+    }
+    Ok(format!(
+        "session folder {} holds a session with these settings: run will resume it (crash-safe resume)",
+        session.display()
+    ))
 }
 
 /// The dashboard, feedback sockets and result files: addresses that parse

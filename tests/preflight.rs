@@ -157,3 +157,37 @@ fn serve_addresses_are_checked_and_a_busy_port_is_a_warning() {
     let e = err_text(&cfg);
     assert!(e.contains("stimuli") && e.contains("no-such-folder"), "{e}");
 }
+
+#[test]
+fn a_folder_holding_a_session_is_announced_as_a_resume_or_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_config(tmp.path(), "[glm]\ntr = 1.5\n");
+    let session = tmp.path().join("sessions/s1");
+    std::fs::create_dir_all(&session).unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        session.join("session.toml"),
+        format!("# boldstream 0.1.0 session started 1.0 (unix seconds)\n{text}"),
+    )
+    .unwrap();
+    let r = check(&cfg).unwrap();
+    let text_out = r.lines.join("\n");
+    assert!(text_out.contains("run will resume it"), "{text_out}");
+
+    // The same folder, a setting that changes results: refused by name.
+    std::fs::write(&cfg, text.replace("tr = 1.5", "tr = 2.0")).unwrap();
+    let e = err_text(&cfg);
+    assert!(
+        e.contains("refuse to resume") && e.contains("glm.tr"),
+        "{e}"
+    );
+
+    // resume = "never": refused.
+    std::fs::write(
+        &cfg,
+        text.replace("[session]\n", "[session]\nresume = \"never\"\n"),
+    )
+    .unwrap();
+    let e = err_text(&cfg);
+    assert!(e.contains("never"), "{e}");
+}
