@@ -121,7 +121,12 @@ pub struct Serve {
     runtime: Option<tokio::runtime::Runtime>,
     http_addr: Option<SocketAddr>,
     feedback_addr: Option<SocketAddr>,
+    hub: HubHandle,
 }
+
+/// How long [`Serve::stop`] lets clients write out the session's last
+/// messages before closing them regardless.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Serve {
     /// Build the hub and start the configured servers. The caller runs
@@ -161,6 +166,7 @@ impl Serve {
                     runtime: None,
                     http_addr: None,
                     feedback_addr: None,
+                    hub: handle,
                 },
                 hub,
                 requests,
@@ -214,6 +220,7 @@ impl Serve {
                 runtime: Some(runtime),
                 http_addr,
                 feedback_addr,
+                hub: handle,
             },
             hub,
             requests,
@@ -230,9 +237,15 @@ impl Serve {
         self.feedback_addr
     }
 
-    /// Close every connection and stop serving.
+    /// Close every connection and stop serving. Once the hub has finished,
+    /// clients first get what was published (for up to 2 s), so a
+    /// subscriber sees the session's last messages.
     pub fn stop(mut self) {
         if let Some(rt) = self.runtime.take() {
+            let hub = self.hub.clone();
+            rt.block_on(async {
+                let _ = tokio::time::timeout(DRAIN, hub.drained()).await;
+            });
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
         }
     }
