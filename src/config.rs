@@ -197,6 +197,8 @@ mod tests {
         assert_eq!(c.decode.policy, crate::decode::schedule::ReconPolicy::Queue);
         assert_eq!(c.decode.max_queue, 16);
         assert!(!c.decode.enabled());
+        assert_eq!(c.serve.feedback.as_deref(), Some("127.0.0.1:5011"));
+        assert!(c.serve.results);
     }
 
     #[test]

@@ -1148,3 +1148,62 @@ fn a_decoding_session_reaches_subscribers_requests_datagrams_and_result_files() 
     assert_eq!(files.iter().filter(|f| f.ends_with(".png")).count(), trials);
     assert!(!files.iter().any(|f| f.contains(".tmp")), "{files:?}");
 }
+
+/// The README's Python client, run against the daemon. Needs `python3`
+/// (or `$PYTHON`): `cargo test --release --test serve_protocol --
+/// --ignored`.
+#[test]
+#[ignore = "runs python3 (the README's client)"]
+fn the_readme_python_client_follows_a_session() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let after = readme
+        .split_once("<!-- feedback-client.py")
+        .expect("the client's marker in README.md")
+        .1;
+    let code = after
+        .split_once("```python\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("a python block after the marker")
+        .0;
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("boldstream_client.py");
+    std::fs::write(&script, code).unwrap();
+    let mut session = session::decoding_session(tmp.path(), 1, 6);
+    session.config.serve.feedback = Some("127.0.0.1:0".into());
+    let pipeline = Pipeline::start(&session.config, "# test\n", PipelineOptions::default())
+        .expect("the pipeline starts");
+    let addr = pipeline.feedback_addr().unwrap();
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.starts_with("following"), "{first}");
+    let mut mine = Client::connect(addr);
+    mine.request(r#"{"type":"subscribe","topics":["trial","run"]}"#);
+    session.write(Duration::from_millis(40));
+    let recons = std::cell::Cell::new(0);
+    mine.feed_until(|v| {
+        recons.set(recons.get() + usize::from(is_type(v, "reconstruction")));
+        recons.get() == session.total_trials()
+    });
+    pipeline.stop();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    println!("{first}{rest}");
+    let count = |p: &str| rest.lines().filter(|l| l.contains(p)).count();
+    assert_eq!(count(": FD "), session.total_volumes(), "a line per volume");
+    assert!(count("  feedback {'visual'") > 0, "neurofeedback values");
+    assert_eq!(count(": shown stim-"), session.total_trials());
+    assert_eq!(count(": reconstruction /"), session.total_trials());
+    assert!(rest.contains("run 1 started") && rest.contains("run 1 ended"));
+    assert!(rest.trim_end().ends_with("session ended"));
+}
