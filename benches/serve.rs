@@ -38,6 +38,9 @@ struct ClientReport {
     received_ms: Vec<f64>,
     /// File seen → realigned, ms (from the message).
     realigned_ms: Vec<f64>,
+    /// Realigned → volume message read, ms: the way through the GLM and
+    /// decode threads, the hub and the socket.
+    delivery_ms: Vec<f64>,
 }
 
 fn unix_now() -> f64 {
@@ -71,10 +74,11 @@ fn client(addr: SocketAddr, ready: crossbeam_channel::Sender<()>) -> anyhow::Res
         match v["type"].as_str() {
             Some("volume") => {
                 let t = v["t"].as_f64().unwrap_or(f64::NAN);
-                report.received_ms.push((now - t) * 1e3);
-                report
-                    .realigned_ms
-                    .push(v["latency"]["total_ms"].as_f64().unwrap_or(f64::NAN));
+                let received = (now - t) * 1e3;
+                let realigned = v["latency"]["total_ms"].as_f64().unwrap_or(f64::NAN);
+                report.received_ms.push(received);
+                report.realigned_ms.push(realigned);
+                report.delivery_ms.push(received - realigned);
                 report.volumes.push((
                     v["run"].as_u64().unwrap_or(0),
                     v["index"].as_u64().unwrap_or(0),
@@ -119,6 +123,7 @@ struct Outcome {
     clients: usize,
     realigned: Stats,
     received: Stats,
+    delivery: Stats,
     per_client: Vec<(usize, u64)>,
     complete: bool,
     pipeline_realigned: u64,
@@ -191,6 +196,7 @@ fn run(clients: usize, runs: usize, images: usize, speed: f64) -> anyhow::Result
         clients,
         realigned: stats(reports[0].realigned_ms.iter().copied()),
         received: stats(reports.iter().flat_map(|r| r.received_ms.iter().copied())),
+        delivery: stats(reports.iter().flat_map(|r| r.delivery_ms.iter().copied())),
         per_client: reports.iter().map(|r| (r.messages, r.dropped)).collect(),
         complete,
         pipeline_realigned: summary.realigned,
@@ -231,18 +237,19 @@ fn main() -> anyhow::Result<()> {
     let f = |s: &Stats| format!("{:.1} / {:.1} / {:.1} ms", s.p50, s.p95, s.p99);
     println!();
     println!(
-        "| clients | samples | file seen → realigned p50 / p95 / p99 | file seen → volume message read by a client p50 / p95 / p99 | messages per client | dropped |"
+        "| clients | samples | file seen → realigned p50 / p95 / p99 | file seen → volume message read by a client p50 / p95 / p99 | of which realigned → read | messages per client | dropped |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for o in &outcomes {
         let msgs: BTreeSet<usize> = o.per_client.iter().map(|c| c.0).collect();
         let dropped: u64 = o.per_client.iter().map(|c| c.1).sum();
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             o.clients,
             o.received.n,
             f(&o.realigned),
             f(&o.received),
+            f(&o.delivery),
             msgs.iter()
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
@@ -252,14 +259,19 @@ fn main() -> anyhow::Result<()> {
     }
     if let [one, ten] = &outcomes[..] {
         let r = |a: f64, b: f64| format!("{:.2}×", b / a);
+        let r3 = |a: &Stats, b: &Stats| {
+            format!(
+                "{} / {} / {}",
+                r(a.p50, b.p50),
+                r(a.p95, b.p95),
+                r(a.p99, b.p99)
+            )
+        };
         println!(
-            "| ratio 10 / 1 | | {} / {} / {} | {} / {} / {} | | |",
-            r(one.realigned.p50, ten.realigned.p50),
-            r(one.realigned.p95, ten.realigned.p95),
-            r(one.realigned.p99, ten.realigned.p99),
-            r(one.received.p50, ten.received.p50),
-            r(one.received.p95, ten.received.p95),
-            r(one.received.p99, ten.received.p99),
+            "| ratio 10 / 1 | | {} | {} | {} | | |",
+            r3(&one.realigned, &ten.realigned),
+            r3(&one.received, &ten.received),
+            r3(&one.delivery, &ten.delivery),
         );
     }
     anyhow::ensure!(

@@ -910,9 +910,10 @@ fn a_decoding_session_reaches_subscribers_requests_datagrams_and_result_files() 
         feedback: Some("127.0.0.1:0".into()),
         udp_targets: vec![udp.local_addr().unwrap().to_string(), dead.to_string()],
         results_dir: Some(results.clone()),
-        // Small, so the client that stops reading falls behind within
-        // this short session.
-        backlog: 16,
+        // Roomy for the clients that read (a loaded machine may schedule
+        // them late), small enough that the one that stops reading falls
+        // behind within this short session or is cut off at its end.
+        backlog: 256,
         ..Default::default()
     };
     let pipeline = Pipeline::start(&session.config, "# test\n", PipelineOptions::default())

@@ -169,6 +169,7 @@ impl Throttle {
 async fn accept_loop(listener: tokio::net::TcpListener, hub: HubHandle, options: Arc<TcpOptions>) {
     let active = Arc::new(AtomicUsize::new(0));
     let mut errors = Throttle::new(Duration::from_secs(10));
+    let mut refusals = Throttle::new(Duration::from_secs(10));
     let finished = hub.finished();
     tokio::pin!(finished);
     loop {
@@ -191,10 +192,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, hub: HubHandle, options:
         };
         let _ = stream.set_nodelay(true);
         if active.load(Ordering::Acquire) >= options.max_clients {
-            tracing::warn!(
-                "feedback protocol: refused {peer}: {} clients already connected",
-                options.max_clients
-            );
+            if let Some(n) = refusals.due() {
+                tracing::warn!(
+                    "feedback protocol: refused {peer}: {} clients already connected ({n} more refused since the last warning)",
+                    options.max_clients
+                );
+            }
             let line = error_line(
                 None,
                 &format!(
@@ -202,17 +205,28 @@ async fn accept_loop(listener: tokio::net::TcpListener, hub: HubHandle, options:
                     options.max_clients
                 ),
             );
-            let timeout = options.write_timeout;
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = tokio::time::timeout(timeout, stream.write_all(line.as_bytes())).await;
-            });
+            tokio::spawn(refuse(stream, line, options.write_timeout));
             continue;
         }
         active.fetch_add(1, Ordering::AcqRel);
         let slot = Slot(active.clone());
         tokio::spawn(connection(stream, peer, hub.clone(), options.clone(), slot));
     }
+}
+
+/// Tell a client over the cap why, and close.
+async fn refuse(mut stream: tokio::net::TcpStream, line: String, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
+        stream.shutdown().await?;
+        // Closing with its request unread would reset the connection, and
+        // a reset can discard the error line before the client reads it:
+        // take what it sends until it closes too.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// One connection's place under the client cap, released however the
@@ -320,22 +334,25 @@ async fn read_requests(
             return;
         }
         let reply = match std::str::from_utf8(&buf) {
-            Err(e) => Err((
-                None,
-                format!(
+            Err(e) => Err(BadRequest {
+                id: None,
+                error: format!(
                     "not UTF-8 text (invalid byte at offset {}); expected one JSON object per line",
                     e.valid_up_to()
                 ),
-            )),
+            }),
             Ok(text) if text.trim().is_empty() => continue,
             Ok(text) => handle_request(text, hub, &mut subscribed, options).await,
         };
         let out_msg = match reply {
             Ok(o) => o,
-            Err((id, error)) => {
+            Err(bad) => {
                 hub.metrics.bad_request("tcp");
-                tracing::debug!("feedback protocol: {peer}: refused a request: {error}");
-                Out::Line(error_line(id.as_ref(), &error))
+                tracing::debug!(
+                    "feedback protocol: {peer}: refused a request: {}",
+                    bad.error
+                );
+                Out::Line(error_line(bad.id.as_ref(), &bad.error))
             }
         };
         // Waiting here holds back only this client: its replies are
@@ -421,26 +438,32 @@ fn fields<T: serde::de::DeserializeOwned>(
     serde_json::from_value(Value::Object(rest)).map_err(|e| format!("{kind}: {e}"))
 }
 
-/// Parse one request line: the request, and its `id` when it had one. The
-/// error names what is wrong (and carries the `id` when it could be read).
-#[allow(clippy::type_complexity)]
-pub fn parse_request(
-    line: &str,
-) -> Result<(Option<Value>, ClientRequest), (Option<Value>, String)> {
+/// A request line the daemon cannot take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRequest {
+    /// The request's `id`, when it could be read.
+    pub id: Option<Value>,
+    /// What is wrong, in words.
+    pub error: String,
+}
+
+/// Parse one request line: its `id` (when it had one) and the request.
+pub fn parse_request(line: &str) -> Result<(Option<Value>, ClientRequest), BadRequest> {
+    let bad = |id: Option<Value>, error: String| BadRequest { id, error };
     let value: Value = serde_json::from_str(line.trim()).map_err(|e| {
-        (
+        bad(
             None,
             format!("not JSON: {e}; expected one JSON object per line"),
         )
     })?;
     let Value::Object(mut obj) = value else {
-        return Err((
+        return Err(bad(
             None,
             "expected a JSON object, like {\"type\":\"ping\"}".into(),
         ));
     };
     let id = obj.remove("id");
-    let err = |e: String| (id.clone(), e);
+    let err = |e: String| bad(id.clone(), e);
     let kind = match obj.remove("type") {
         Some(Value::String(s)) => s,
         Some(other) => return Err(err(format!("'type' must be a string, not {other}"))),
@@ -561,10 +584,13 @@ async fn handle_request(
     hub: &HubHandle,
     subscribed: &mut bool,
     options: &TcpOptions,
-) -> Result<Out, (Option<Value>, String)> {
+) -> Result<Out, BadRequest> {
     let (id, request) = parse_request(line)?;
     let idr = id.as_ref();
-    let fail = |e: String| (id.clone(), e);
+    let fail = |error: String| BadRequest {
+        id: id.clone(),
+        error,
+    };
     Ok(match request {
         ClientRequest::Ping => Out::Line(ok_line(idr, &format!(",\"pong\":{}", unix_now()))),
         ClientRequest::Get(q) => {
@@ -967,12 +993,12 @@ mod tests {
             ),
             (r#"{"type":"subscribe","topics":[]}"#, "'topics' is empty"),
         ] {
-            let (_, err) = parse_request(bad).unwrap_err();
+            let err = parse_request(bad).unwrap_err().error;
             assert!(err.contains(why), "{bad}: {err}");
         }
         // The id comes back with the error when it could be read.
-        let (id, _) = parse_request(r#"{"type":"dance","id":[1]}"#).unwrap_err();
-        assert_eq!(id, Some(serde_json::json!([1])));
+        let e = parse_request(r#"{"type":"dance","id":[1]}"#).unwrap_err();
+        assert_eq!(e.id, Some(serde_json::json!([1])));
     }
 
     #[test]
