@@ -229,6 +229,20 @@ impl Served {
             .expect("the hub is running");
     }
 
+    /// Send an event that makes one feed message, and return once the hub
+    /// has published it (requests after this see its effect: the hub takes
+    /// events and requests from two channels, in no set order between them).
+    fn publish(&self, ev: PipelineEvent) {
+        let mut rx = self.hub.stream();
+        self.send(ev);
+        self.rt().block_on(async {
+            tokio::time::timeout(GUARD, rx.recv())
+                .await
+                .expect("published before the deadline")
+                .expect("published");
+        });
+    }
+
     fn rt(&self) -> &tokio::runtime::Runtime {
         self.rt.as_ref().unwrap()
     }
@@ -754,14 +768,14 @@ fn vanished_clients_are_cleaned_up() {
     let mut a = Client::connect(s.addr);
     a.request(r#"{"type":"subscribe"}"#);
     drop(a);
-    s.send(run_started(1));
-    s.send(volume(1, 0));
+    s.publish(run_started(1));
+    s.publish(volume(1, 0));
 
     // Resets the connection (RST) while subscribed.
     let mut b = connect_when_free(s.addr, true);
     b.request(r#"{"type":"subscribe"}"#);
     drop(b);
-    s.send(volume(1, 1));
+    s.publish(volume(1, 1));
 
     // Half-closes after a request: still answered, then closed.
     let mut c = connect_when_free(s.addr, false);
@@ -783,7 +797,7 @@ fn vanished_clients_are_cleaned_up() {
 
     let mut e = connect_when_free(s.addr, false);
     assert_eq!(s.clients("tcp"), 1);
-    s.send(volume(1, 2));
+    s.publish(volume(1, 2));
     assert_eq!(
         e.request(r#"{"type":"get","what":"run"}"#)["result"]["volumes"].as_u64(),
         Some(3)

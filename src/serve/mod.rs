@@ -35,6 +35,8 @@ pub use hub::{Hub, HubConfig, HubHandle, Request};
 /// http = "127.0.0.1:8080"       # dashboard, /events (SSE), /api/state, /metrics
 /// feedback = "127.0.0.1:5011"   # TCP line protocol (request/response, subscribe)
 /// udp_targets = ["127.0.0.1:5012"]   # every feed message as a datagram
+/// udp_topics = ["volume", "trial"]   # default: all
+/// backlog = 4096                # messages a client may fall behind
 /// results = true                # per-trial files in results_dir
 /// results_dir = "results"       # default <session>/results
 /// stimuli = "stimuli"           # <image_id>.png shown beside reconstructions

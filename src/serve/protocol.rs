@@ -49,7 +49,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{broadcast, mpsc};
 
 use super::feed::Topic;
-use super::hub::{HubError, HubHandle, Published};
+use super::hub::{FeedGuard, HubError, HubHandle, Published};
 
 /// Longest request line, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -210,7 +210,14 @@ async fn accept_loop(listener: tokio::net::TcpListener, hub: HubHandle, options:
         }
         active.fetch_add(1, Ordering::AcqRel);
         let slot = Slot(active.clone());
-        tokio::spawn(connection(stream, peer, hub.clone(), options.clone(), slot));
+        let guard = hub.feed_guard();
+        tokio::spawn(connection(
+            stream,
+            peer,
+            hub.clone(),
+            options.clone(),
+            (slot, guard),
+        ));
     }
 }
 
@@ -261,11 +268,10 @@ async fn connection(
     peer: SocketAddr,
     hub: HubHandle,
     options: Arc<TcpOptions>,
-    slot: Slot,
+    (slot, guard): (Slot, FeedGuard),
 ) {
     let gauge = hub.metrics.clients("tcp");
     gauge.inc();
-    let guard = hub.feed_guard();
     tracing::debug!("feedback protocol: {peer} connected");
     let (read, write) = stream.into_split();
     let mut w = BufWriter::new(write);
@@ -689,6 +695,7 @@ async fn write_lines(
     options: &TcpOptions,
 ) -> Result<(), WriteError> {
     let mut sub: Option<Subscription> = None;
+    let mut lag_warnings = Throttle::new(Duration::from_secs(10));
     let finished = hub.finished();
     tokio::pin!(finished);
     let timeout = options.write_timeout;
@@ -727,7 +734,11 @@ async fn write_lines(
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         hub.metrics.dropped("tcp", n);
-                        tracing::warn!("feedback protocol: {peer} fell behind and missed {n} messages");
+                        if let Some(more) = lag_warnings.due() {
+                            tracing::warn!(
+                                "feedback protocol: {peer} fell behind and missed {n} messages ({more} more such gaps since the last warning)"
+                            );
+                        }
                         write_line(w, &dropped_line(n), timeout).await?;
                     }
                     // Only when every handle is gone; nothing more will come.
@@ -829,7 +840,10 @@ pub fn start_udp(
         targets.join(", ")
     );
     let rx = hub.stream();
-    rt.spawn(udp_loop(rx, resolved, topics, v4, v6, hub));
+    // Taken now, so the daemon cannot stop before the task has sent the
+    // session's last messages.
+    let guard = hub.feed_guard();
+    rt.spawn(udp_loop(rx, resolved, topics, (v4, v6), hub, guard));
     Ok(())
 }
 
@@ -862,9 +876,9 @@ async fn udp_loop(
     mut rx: broadcast::Receiver<Arc<Published>>,
     targets: Vec<SocketAddr>,
     topics: Vec<Topic>,
-    v4: Option<tokio::net::UdpSocket>,
-    v6: Option<tokio::net::UdpSocket>,
+    (v4, v6): (Option<tokio::net::UdpSocket>, Option<tokio::net::UdpSocket>),
     hub: HubHandle,
+    _guard: FeedGuard,
 ) {
     let mut send_errors: Vec<Throttle> = targets
         .iter()
