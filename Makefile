@@ -3,7 +3,8 @@
 #   make test   the whole test suite (format, lints, unit + integration tests,
 #               the dashboard in headless Chromium: `make browser-deps` first)
 # and, for the figures in the README:
-#   make bench  realign, GLM and decode benchmarks next to SimpleITK and nilearn (needs Python 3 + PyPI)
+#   make bench  realign, GLM and decode benchmarks next to SimpleITK and nilearn (needs Python 3 + PyPI),
+#               and the feedback protocol under load (1 and 10 clients, 4x real time)
 #   make ort-gpu  swap in PyPI's onnxruntime-gpu (CUDA/TensorRT) on a GPU machine
 #
 # ONNX Runtime comes from PyPI's wheel into .venv (ort's load-dynamic); the
@@ -81,6 +82,7 @@ bench: parity-venv
 	$(VENV)/bin/python onnx/bench_graphs.py target/bench-models
 	$(CARGO) bench --bench decode -- target/bench-models/model target/bench-models/subject 5
 	$(VENV)/bin/python tests/parity/decode_reference.py target/bench-models/model target/bench-models/subject --trials 5
+	$(CARGO) bench --bench serve
 
 clean:
 	$(CARGO) clean

@@ -203,6 +203,8 @@ mod tests {
         assert!(!c.decode.enabled());
         // The dashboard is on, and on loopback only.
         assert_eq!(c.serve.http.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(c.serve.feedback.as_deref(), Some("127.0.0.1:5011"));
+        assert!(c.serve.results);
     }
 
     #[test]

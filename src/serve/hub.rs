@@ -15,10 +15,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 
 use super::feed::{self, FeedContext, FeedMessage, Topic, VolumeMsg};
 use super::metrics::Metrics;
@@ -169,6 +170,29 @@ pub enum Request {
         /// Reply.
         reply: oneshot::Sender<Option<String>>,
     },
+    /// The session's counts, runs and latest keys, without the history.
+    Status(oneshot::Sender<String>),
+    /// The latest neurofeedback message.
+    LatestFeedback(oneshot::Sender<Option<String>>),
+}
+
+/// Feed clients that still have published messages to write out.
+#[derive(Default)]
+struct OpenFeeds {
+    open: AtomicUsize,
+    changed: Notify,
+}
+
+/// Held by a client connection while it may still write feed messages;
+/// [`HubHandle::drained`] waits for every one to be dropped.
+pub struct FeedGuard(Arc<OpenFeeds>);
+
+impl Drop for FeedGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_waiters();
+        }
+    }
 }
 
 /// How servers reach the hub.
@@ -184,8 +208,8 @@ pub struct HubHandle {
     pub recon_dir: PathBuf,
     /// Stimulus images (`<image_id>.png`), when configured.
     pub stimuli: Option<PathBuf>,
-    /// Signals the hub's end (its sender is dropped with the hub).
-    gone: tokio::sync::watch::Receiver<()>,
+    finished: watch::Receiver<bool>,
+    feeds: Arc<OpenFeeds>,
 }
 
 /// Why the hub did not answer.
@@ -234,8 +258,11 @@ impl HubHandle {
     /// message has been published), so servers can end their streams
     /// cleanly: the broadcast channel itself stays open while handles exist.
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut gone = self.gone.clone();
-        async move { while gone.changed().await.is_ok() {} }
+        let mut finished = self.finished.clone();
+        // An error means the hub was dropped without running: over too.
+        async move {
+            let _ = finished.wait_for(|done| *done).await;
+        }
     }
 
     /// The latest volume message.
@@ -251,6 +278,49 @@ impl HubHandle {
     /// A run's status (the latest run for `None`).
     pub async fn run(&self, run: Option<u32>) -> Result<Option<String>, HubError> {
         self.ask(|reply| Request::Run { run, reply }).await
+    }
+
+    /// The session's counts, runs and latest keys (a small snapshot).
+    pub async fn status(&self) -> Result<String, HubError> {
+        self.ask(Request::Status).await
+    }
+
+    /// The latest neurofeedback message.
+    pub async fn latest_feedback(&self) -> Result<Option<String>, HubError> {
+        self.ask(Request::LatestFeedback).await
+    }
+
+    /// Resolves once the hub has published its last message (the pipeline's
+    /// events ended), or at once if it never runs.
+    pub async fn finished(&self) {
+        let mut rx = self.finished.clone();
+        // An error means the hub was dropped without running: nothing more
+        // will be published either.
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Count a client that will write out what was published before it
+    /// ends; see [`HubHandle::drained`].
+    pub fn feed_guard(&self) -> FeedGuard {
+        self.feeds.open.fetch_add(1, Ordering::AcqRel);
+        FeedGuard(self.feeds.clone())
+    }
+
+    /// Resolves once the hub has finished and every [`FeedGuard`] is gone:
+    /// each client has written the session's last messages (or was closed).
+    pub async fn drained(&self) {
+        self.finished().await;
+        loop {
+            let changed = self.feeds.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a guard dropped in between
+            // still wakes us.
+            changed.as_mut().enable();
+            if self.feeds.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            changed.await;
+        }
     }
 }
 
@@ -290,8 +360,8 @@ pub struct Hub {
     notices: std::collections::VecDeque<String>,
     ingest: std::collections::VecDeque<FeedMessage>,
     decoder: Option<FeedMessage>,
-    /// Dropped with the hub: tells [`HubHandle::closed`] it is over.
-    _alive: tokio::sync::watch::Sender<()>,
+    feedback: Option<FeedMessage>,
+    finished: watch::Sender<bool>,
 }
 
 impl Hub {
@@ -309,15 +379,16 @@ impl Hub {
         let (broadcast, _) = broadcast::channel(config.backlog.max(16));
         let (req_tx, req_rx) = crossbeam_channel::bounded(REQUEST_QUEUE);
         let metrics = Arc::new(Metrics::new());
-        let (alive, gone) = tokio::sync::watch::channel(());
+        let (finished, finished_rx) = watch::channel(false);
         let handle = HubHandle {
-            gone,
             requests: req_tx,
             broadcast: broadcast.clone(),
             metrics: metrics.clone(),
             session_dir: config.session_dir.clone(),
             recon_dir: recon_dir.clone(),
             stimuli: config.stimuli.clone(),
+            finished: finished_rx,
+            feeds: Arc::new(OpenFeeds::default()),
         };
         let hub = Hub {
             ctx: FeedContext {
@@ -337,7 +408,8 @@ impl Hub {
             notices: Default::default(),
             ingest: Default::default(),
             decoder: None,
-            _alive: alive,
+            feedback: None,
+            finished,
         };
         Ok((hub, handle, req_rx))
     }
@@ -361,6 +433,9 @@ impl Hub {
         while let Ok(req) = requests.try_recv() {
             self.answer(req);
         }
+        // Everything is published: clients may write out their backlog and
+        // close.
+        self.finished.send_replace(true);
         self.results.as_ref().map_or(0, ResultFiles::errors)
     }
 
@@ -573,7 +648,8 @@ impl Hub {
                 }
             }
             FeedMessage::Decoder { .. } => self.decoder = Some(message.clone()),
-            FeedMessage::Feedback { .. } | FeedMessage::Run { .. } => {}
+            FeedMessage::Feedback { .. } => self.feedback = Some(message.clone()),
+            FeedMessage::Run { .. } => {}
         }
     }
 
@@ -630,6 +706,54 @@ impl Hub {
                 .and_then(|r| serde_json::to_string(r).ok());
                 let _ = reply.send(row);
             }
+            Request::Status(reply) => {
+                let _ = reply.send(self.status_json());
+            }
+            Request::LatestFeedback(reply) => {
+                let _ = reply.send(self.feedback.as_ref().map(FeedMessage::to_json));
+            }
         }
     }
+
+    fn status_json(&self) -> String {
+        let status = Status {
+            session: self.config.session_dir.display().to_string(),
+            fd_threshold_mm: self.config.fd_threshold_mm,
+            seq: self.seq,
+            counts: &self.counts,
+            runs: self.runs.values().collect(),
+            last_volume: self.volumes.back().map(|v| VolumeRef {
+                run: v.run,
+                index: v.index,
+            }),
+            last_trial: self.last_trial.map(|(run, trial)| TrialRef { run, trial }),
+            decoder: self.decoder.as_ref(),
+        };
+        serde_json::to_string(&status).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// What `status` answers: the snapshot without its history.
+#[derive(Serialize)]
+struct Status<'a> {
+    session: String,
+    fd_threshold_mm: f64,
+    seq: u64,
+    counts: &'a Counts,
+    runs: Vec<&'a RunStatus>,
+    last_volume: Option<VolumeRef>,
+    last_trial: Option<TrialRef>,
+    decoder: Option<&'a FeedMessage>,
+}
+
+#[derive(Serialize)]
+struct VolumeRef {
+    run: u32,
+    index: u32,
+}
+
+#[derive(Serialize)]
+struct TrialRef {
+    run: u32,
+    trial: usize,
 }

@@ -40,7 +40,7 @@ pub struct Metrics {
     pub stage_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
     /// Runs started.
     pub runs: Counter,
-    /// Connected clients, by surface (`sse`, `tcp`).
+    /// Connected clients, by surface (`sse`, `tcp`; `udp`: targets).
     pub clients: Family<SurfaceLabel, Gauge>,
     /// Messages a slow client missed (it fell too far behind), by surface.
     pub dropped: Family<SurfaceLabel, Counter>,
@@ -113,7 +113,7 @@ impl Metrics {
         registry.register("runs", "Runs started", runs.clone());
         registry.register(
             "clients",
-            "Connected dashboard (sse) and feedback (tcp) clients",
+            "Connected dashboard (sse) and feedback (tcp) clients, and UDP targets (udp)",
             clients.clone(),
         );
         registry.register(

@@ -35,6 +35,8 @@ pub use hub::{Hub, HubConfig, HubHandle, Request};
 /// http = "127.0.0.1:8080"       # dashboard, /events (SSE), /api/state, /metrics
 /// feedback = "127.0.0.1:5011"   # TCP line protocol (request/response, subscribe)
 /// udp_targets = ["127.0.0.1:5012"]   # every feed message as a datagram
+/// udp_topics = ["volume", "trial"]   # default: all
+/// backlog = 4096                # messages a client may fall behind
 /// results = true                # per-trial files in results_dir
 /// results_dir = "results"       # default <session>/results
 /// stimuli = "stimuli"           # <image_id>.png shown beside reconstructions
@@ -124,6 +126,10 @@ pub struct Serve {
     http_addr: Option<SocketAddr>,
     feedback_addr: Option<SocketAddr>,
 }
+
+/// How long [`Serve::stop`] lets clients write out the session's last
+/// messages before closing them regardless.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Serve {
     /// Build the hub and start the configured servers. The caller runs
@@ -246,8 +252,9 @@ impl Serve {
     }
 
     /// Close every connection and stop serving. Called once the hub has
-    /// stopped: the dashboard's event streams end cleanly first (bounded
-    /// wait), then everything else is dropped.
+    /// stopped: the dashboard's event streams end cleanly and feedback
+    /// clients get what was published (each a bounded wait, so a subscriber
+    /// sees the session's last messages), then everything else is dropped.
     pub fn stop(mut self) {
         if let (Some(rt), Some(server)) = (self.runtime.as_ref(), self.http_server.take()) {
             // The timer needs the runtime's context: build it inside.
@@ -256,6 +263,10 @@ impl Serve {
             });
         }
         if let Some(rt) = self.runtime.take() {
+            let hub = self.hub.clone();
+            rt.block_on(async {
+                let _ = tokio::time::timeout(DRAIN, hub.drained()).await;
+            });
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
         }
     }
