@@ -145,7 +145,7 @@ pub fn stack(mut slices: Vec<Slice>) -> Result<(Volume, Option<Vec<f64>>), Dicom
         slices[0].thickness.unwrap_or(1.0)
     };
     let grid = affine::grid(
-        &plane,
+        &plane.normalized(),
         [cols, rows, n],
         slices[0].position,
         normal * dz,
