@@ -28,7 +28,8 @@ fn volume_of(d: Decoded) -> (Volume, dicom::DicomInfo) {
 }
 
 fn slice_timing(json: &Path) -> Vec<f64> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     v["SliceTiming"]
         .as_array()
         .unwrap()
@@ -46,7 +47,8 @@ fn compare(files: &[std::path::PathBuf], reference: &Path, flavour: Flavour) -> 
     let timing = slice_timing(&reference.with_extension("json"));
     let (mut vox, mut aff, mut tim) = (0.0f64, 0.0f64, 0.0f64);
     for (i, (f, want)) in files.iter().zip(&refs.volumes).enumerate() {
-        let (got, info) = volume_of(dicom::read_file(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())));
+        let (got, info) =
+            volume_of(dicom::read_file(f).unwrap_or_else(|e| panic!("{}: {e}", f.display())));
         assert_eq!(info.flavour, flavour, "{}", f.display());
         assert_eq!(info.volume_number(), Some(i as u32 + 1), "{}", f.display());
         assert_eq!(got.grid().dims, want.grid().dims, "{}", f.display());
@@ -57,7 +59,11 @@ fn compare(files: &[std::path::PathBuf], reference: &Path, flavour: Flavour) -> 
         // dcm2niix reports the first volume's times (later volumes of the
         // XA run jitter by up to 2.5 ms in their headers).
         if i == 0 {
-            tim = t.iter().zip(&timing).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            tim = t
+                .iter()
+                .zip(&timing)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
         }
         if let Some(tr) = refs.tr {
             assert!((info.repetition_time.unwrap() - tr).abs() < 1e-6);
@@ -83,7 +89,10 @@ fn siemens_mosaics_match_dcm2niix() {
         let (series, name) = stem.split_once('_').unwrap();
         let files = dcm_files(&dir.join("In").join(format!("{name}_{series}")));
         let (vox, aff, tim) = compare(&files, &r, Flavour::Mosaic);
-        println!("{stem}: {} volumes, max voxel diff {vox}, max affine diff {aff:.2e} mm, max slice-timing diff {tim:.1e} s", files.len());
+        println!(
+            "{stem}: {} volumes, max voxel diff {vox}, max affine diff {aff:.2e} mm, max slice-timing diff {tim:.1e} s",
+            files.len()
+        );
         assert_eq!(vox, 0.0, "{stem}");
         assert!(aff < 1e-4, "{stem}: affine differs by {aff}");
         assert!(tim < 1e-4, "{stem}: slice timing differs by {tim}");
@@ -97,8 +106,14 @@ fn siemens_xa_enhanced_matches_dcm2niix() {
     };
     let files = dcm_files(&dir.join("In/7_func-bold_task-fa_run-1"));
     assert_eq!(files.len(), 20);
-    let (vox, aff, tim) = compare(&files, &dir.join("Ref/7_func-bold_task-fa_run-1.nii"), Flavour::Enhanced);
-    println!("xa30 enhanced: 20 volumes, max voxel diff {vox}, max affine diff {aff:.2e} mm, max slice-timing diff {tim:.1e} s");
+    let (vox, aff, tim) = compare(
+        &files,
+        &dir.join("Ref/7_func-bold_task-fa_run-1.nii"),
+        Flavour::Enhanced,
+    );
+    println!(
+        "xa30 enhanced: 20 volumes, max voxel diff {vox}, max affine diff {aff:.2e} mm, max slice-timing diff {tim:.1e} s"
+    );
     assert_eq!(vox, 0.0);
     assert!(aff < 1e-4, "affine differs by {aff}");
     assert!(tim < 1e-4, "slice timing differs by {tim}");
@@ -118,15 +133,24 @@ fn rt_export_without_private_tags_matches_dcm2niix_and_shows_its_duplicate() {
     assert_eq!(i0.sop_instance_uid, i10.sop_instance_uid);
     assert_eq!((i0.series_number, i0.volume_number()), (Some(13), Some(10)));
     assert_eq!(voxel_diff(&v0, &v10), 0.0);
-    let (vox, aff, tim) = compare(&files[1..], &dir.join("Ref/func_ses-01_task-faces_run-01_13.nii"), Flavour::Mosaic);
-    println!("rt-export: 10 volumes, max voxel diff {vox}, max affine diff {aff:.2e} mm, max slice-timing diff {tim:.1e} s");
+    let (vox, aff, tim) = compare(
+        &files[1..],
+        &dir.join("Ref/func_ses-01_task-faces_run-01_13.nii"),
+        Flavour::Mosaic,
+    );
+    println!(
+        "rt-export: 10 volumes, max voxel diff {vox}, max affine diff {aff:.2e} mm, max slice-timing diff {tim:.1e} s"
+    );
     assert_eq!(vox, 0.0);
     assert!(aff < 1e-4, "affine differs by {aff}");
     assert!(tim < 1e-4);
     // The folder reader orders by header and keeps both copies for the
     // caller (ingest) to drop one.
     let all = dicom::read_folder(&study).unwrap();
-    let nums: Vec<_> = all.iter().map(|v| v.info.volume_number().unwrap()).collect();
+    let nums: Vec<_> = all
+        .iter()
+        .map(|v| v.info.volume_number().unwrap())
+        .collect();
     assert_eq!(nums, vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10]);
 }
 
@@ -147,7 +171,10 @@ fn half_written_files_are_incomplete_at_every_cut() {
     );
     // Every length a writer can leave behind, header and pixels alike.
     let step = 487;
-    for n in (0..whole.len()).step_by(step).chain([131, 132, 133, whole.len() - 1]) {
+    for n in (0..whole.len())
+        .step_by(step)
+        .chain([131, 132, 133, whole.len() - 1])
+    {
         match dicom::decode(&whole[..n]) {
             Ok(_) => panic!("{n} bytes of {} decoded", whole.len()),
             Err(e) => assert!(e.may_be_incomplete(), "cut at {n}: {e}"),
@@ -195,7 +222,12 @@ fn garbage_and_empty_files_give_clear_errors() {
         &Default::default(),
     )
     .unwrap();
-    assert!(dicom::decode(&nii).unwrap_err().to_string().starts_with("not a DICOM file"));
+    assert!(
+        dicom::decode(&nii)
+            .unwrap_err()
+            .to_string()
+            .starts_with("not a DICOM file")
+    );
 }
 
 #[test]
@@ -204,7 +236,8 @@ fn single_slice_files_stack_back_into_the_mosaic() {
         return;
     };
     let study = dir.join("20190219.0219191_faceMatching.0219191_faceMatching");
-    let reference = nifti::read_series(&dir.join("Ref/func_ses-01_task-faces_run-01_13.nii")).unwrap();
+    let reference =
+        nifti::read_series(&dir.join("Ref/func_ses-01_task-faces_run-01_13.nii")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut assembler = SliceAssembler::new();
     let mut expected = BTreeMap::new();
@@ -229,13 +262,30 @@ fn single_slice_files_stack_back_into_the_mosaic() {
                 panic!("{} is not a single slice", p.display());
             };
             assert_eq!(info.flavour, Flavour::Slice);
-            let added = assembler.add(p.clone(), slice.clone(), info.clone()).unwrap();
+            let added = assembler
+                .add(p.clone(), slice.clone(), info.clone())
+                .unwrap();
             assert!(matches!(added, Added::Waiting { .. }), "{added:?}");
             if k == 5 {
-                let again = assembler.add(p.with_extension("again"), slice, info).unwrap();
-                assert!(matches!(again, Added::Duplicate { identical: true, .. }), "{again:?}");
+                let again = assembler
+                    .add(p.with_extension("again"), slice, info)
+                    .unwrap();
+                assert!(
+                    matches!(
+                        again,
+                        Added::Duplicate {
+                            identical: true,
+                            ..
+                        }
+                    ),
+                    "{again:?}"
+                );
             }
-            let finished: Vec<u32> = assembler.take_finished().iter().map(|a| a.id.volume).collect();
+            let finished: Vec<u32> = assembler
+                .take_finished()
+                .iter()
+                .map(|a| a.id.volume)
+                .collect();
             let want: Vec<u32> = match (v, n) {
                 // Volume 1 ends when volume 2 starts; 2 and 3 by count.
                 (2, 0) => vec![1],
@@ -259,9 +309,17 @@ fn single_slice_files_stack_back_into_the_mosaic() {
         assert_eq!(a.paths.len(), 27);
         assert_eq!(voxel_diff(&vol, want), 0.0, "volume {}", a.id.volume);
         let d = affine_diff(&vol.grid().affine, &reference.volumes[0].grid().affine);
-        assert!(d < 1e-4, "volume {}: affine differs from dcm2niix's by {d}", a.id.volume);
+        assert!(
+            d < 1e-4,
+            "volume {}: affine differs from dcm2niix's by {d}",
+            a.id.volume
+        );
         let t = info.slice_timing.unwrap();
-        let dt = t.iter().zip(timing).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let dt = t
+            .iter()
+            .zip(timing)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(dt < 1e-5, "slice timing off by {dt}");
     }
 }

@@ -91,7 +91,12 @@ pub fn split_mosaic(
         let put_str = |o: &mut dicom_object::DefaultDicomObject, tag: Tag, vr: VR, s: &str| {
             o.put(DataElement::new(tag, vr, PrimitiveValue::from(s)));
         };
-        put_str(&mut obj, Tag(0x0008, 0x0008), VR::CS, "ORIGINAL\\PRIMARY\\M\\ND");
+        put_str(
+            &mut obj,
+            Tag(0x0008, 0x0008),
+            VR::CS,
+            "ORIGINAL\\PRIMARY\\M\\ND",
+        );
         put_str(&mut obj, Tag(0x0020, 0x0032), VR::DS, &ipp);
         put_str(
             &mut obj,
@@ -99,7 +104,12 @@ pub fn split_mosaic(
             VR::IS,
             &(k as u32 + 1 + (volume_number - 1) * nz as u32).to_string(),
         );
-        put_str(&mut obj, Tag(0x0020, 0x0012), VR::IS, &volume_number.to_string());
+        put_str(
+            &mut obj,
+            Tag(0x0020, 0x0012),
+            VR::IS,
+            &volume_number.to_string(),
+        );
         let t0 = 12.0 * 3600.0 + 100.0 * f64::from(volume_number);
         let t = t0 + slice_times.get(k).copied().unwrap_or(0.0);
         let (h, m, s) = ((t / 3600.0) as u32, ((t % 3600.0) / 60.0) as u32, t % 60.0);

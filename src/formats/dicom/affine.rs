@@ -43,7 +43,8 @@ impl Plane {
         })?;
         let row_dir = Vector3::new(a, b, c);
         let col_dir = Vector3::new(d, e, f);
-        let unit = |v: Vector3<f64>| v.iter().all(|x| x.is_finite()) && (v.norm() - 1.0).abs() < 1e-2;
+        let unit =
+            |v: Vector3<f64>| v.iter().all(|x| x.is_finite()) && (v.norm() - 1.0).abs() < 1e-2;
         if !unit(row_dir) || !unit(col_dir) || row_dir.dot(&col_dir).abs() > 1e-2 {
             return Err(DicomError::Invalid {
                 what: format!(
@@ -120,7 +121,8 @@ pub fn grid(
         affine[(0, c)] = -lps[(0, c)];
         affine[(1, c)] = -lps[(1, c)];
     }
-    if affine.iter().any(|x| !x.is_finite()) || affine.fixed_view::<3, 3>(0, 0).determinant() == 0.0 {
+    if affine.iter().any(|x| !x.is_finite()) || affine.fixed_view::<3, 3>(0, 0).determinant() == 0.0
+    {
         return Err(DicomError::Invalid {
             what: format!("the geometry gives a degenerate affine: {affine:?}"),
         });

@@ -130,7 +130,7 @@ mod tests {
                 }
                 b.extend_from_slice(it.as_bytes());
                 b.push(0);
-                while b.len() % 4 != 0 {
+                while !b.len().is_multiple_of(4) {
                     b.push(0);
                 }
             }
@@ -147,10 +147,7 @@ mod tests {
         ]);
         let csa = Csa::parse(&b).unwrap();
         assert_eq!(csa.float("NumberOfImagesInMosaic"), Some(36.0));
-        assert_eq!(
-            csa.floats("SliceNormalVector"),
-            Some(vec![0.0, 0.12, 0.99])
-        );
+        assert_eq!(csa.floats("SliceNormalVector"), Some(vec![0.0, 0.12, 0.99]));
         assert_eq!(csa.floats("Empty"), None);
         assert_eq!(csa.float("Missing"), None);
     }

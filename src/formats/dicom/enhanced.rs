@@ -17,7 +17,10 @@ use dicom_object::InMemDicomObject;
 
 use super::affine::Plane;
 use super::slices::{Slice, position_of, rows_bottom_up, stack};
-use super::{DicomError, Header, Rescale, float, floats, item, private_block, seconds_of_day, tags, text, uint};
+use super::{
+    DicomError, Header, Rescale, float, floats, item, private_block, seconds_of_day, tags, text,
+    uint,
+};
 use crate::volume::Volume;
 
 const SDI_CREATOR: &str = "SIEMENS MR SDI 02";
@@ -80,7 +83,8 @@ pub(super) fn decode(h: &Header) -> Result<Enhanced, DicomError> {
             .ok_or_else(|| missing("Image Orientation (Patient)"))?;
         let measures = group(frame, shared, tags::PIXEL_MEASURES_SEQUENCE)
             .ok_or_else(|| missing("Pixel Measures"))?;
-        let spacing = floats(measures, tags::PIXEL_SPACING).ok_or_else(|| missing("Pixel Spacing"))?;
+        let spacing =
+            floats(measures, tags::PIXEL_SPACING).ok_or_else(|| missing("Pixel Spacing"))?;
         let scale = match group(frame, shared, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE) {
             Some(g) => Rescale::of(g)?,
             None => Rescale::of(o)?,

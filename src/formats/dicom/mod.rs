@@ -67,7 +67,9 @@ pub enum DicomError {
         found: String,
     },
     /// A transfer syntax this reader does not decode (compressed ones).
-    #[error("unsupported transfer syntax {uid} ({name}); export uncompressed (explicit or implicit VR little endian)")]
+    #[error(
+        "unsupported transfer syntax {uid} ({name}); export uncompressed (explicit or implicit VR little endian)"
+    )]
     UnsupportedTransferSyntax {
         /// The UID.
         uid: String,
@@ -440,12 +442,16 @@ impl Rescale {
         };
         let intercept = match o.get(tags::RESCALE_INTERCEPT) {
             None => 0.0,
-            Some(e) => e.to_float64().ok().filter(|v| v.is_finite()).ok_or_else(|| {
-                DicomError::invalid(format!(
-                    "Rescale Intercept {:?} is not a finite number",
-                    e.to_str().unwrap_or_default()
-                ))
-            })?,
+            Some(e) => e
+                .to_float64()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    DicomError::invalid(format!(
+                        "Rescale Intercept {:?} is not a finite number",
+                        e.to_str().unwrap_or_default()
+                    ))
+                })?,
         };
         Ok(Rescale { slope, intercept })
     }
@@ -506,10 +512,14 @@ impl<'a> Header<'a> {
         uint(self.obj, tag).ok_or_else(|| DicomError::invalid(format!("{name} {tag} is missing")))
     }
 
-    pub(crate) fn required_floats(&self, o: &InMemDicomObject, tag: Tag, name: &str) -> Result<Vec<f64>, DicomError> {
-        floats(o, tag).ok_or_else(|| {
-            DicomError::invalid(format!("{name} {tag} is missing or not numeric"))
-        })
+    pub(crate) fn required_floats(
+        &self,
+        o: &InMemDicomObject,
+        tag: Tag,
+        name: &str,
+    ) -> Result<Vec<f64>, DicomError> {
+        floats(o, tag)
+            .ok_or_else(|| DicomError::invalid(format!("{name} {tag} is missing or not numeric")))
     }
 
     /// Rows and Columns, checked.
@@ -517,7 +527,9 @@ impl<'a> Header<'a> {
         let rows = self.required_uint(tags::ROWS, "Rows")? as usize;
         let cols = self.required_uint(tags::COLUMNS, "Columns")? as usize;
         if rows == 0 || cols == 0 {
-            return Err(DicomError::invalid(format!("image is {cols}x{rows} pixels")));
+            return Err(DicomError::invalid(format!(
+                "image is {cols}x{rows} pixels"
+            )));
         }
         Ok((rows, cols))
     }
@@ -666,7 +678,8 @@ pub struct FolderVolume {
 /// then file name. Files that are not DICOM (by their first bytes) are
 /// skipped; any DICOM file that fails is an error naming it.
 pub fn read_folder(dir: &Path) -> Result<Vec<FolderVolume>, (PathBuf, DicomError)> {
-    let entries = std::fs::read_dir(dir).map_err(|e| (dir.to_path_buf(), DicomError::from_io(e)))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| (dir.to_path_buf(), DicomError::from_io(e)))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
@@ -693,7 +706,9 @@ pub fn read_folder(dir: &Path) -> Result<Vec<FolderVolume>, (PathBuf, DicomError
         }
     }
     for done in assembler.finish_all() {
-        let v = done.result.map_err(|e| (done.paths.first().cloned().unwrap_or_default(), e))?;
+        let v = done
+            .result
+            .map_err(|e| (done.paths.first().cloned().unwrap_or_default(), e))?;
         out.push(FolderVolume {
             paths: done.paths,
             volume: v.0,
@@ -701,8 +716,11 @@ pub fn read_folder(dir: &Path) -> Result<Vec<FolderVolume>, (PathBuf, DicomError
         });
     }
     out.sort_by(|a, b| {
-        (a.info.series_number, a.info.volume_number(), &a.paths)
-            .cmp(&(b.info.series_number, b.info.volume_number(), &b.paths))
+        (a.info.series_number, a.info.volume_number(), &a.paths).cmp(&(
+            b.info.series_number,
+            b.info.volume_number(),
+            &b.paths,
+        ))
     });
     Ok(out)
 }
@@ -713,8 +731,14 @@ mod tests {
 
     #[test]
     fn times_of_day_parse_from_tm_and_dt() {
-        assert_eq!(seconds_of_day("124750.327500"), Some(12.0 * 3600.0 + 47.0 * 60.0 + 50.3275));
-        assert_eq!(seconds_of_day("20220711120905.225000"), Some(12.0 * 3600.0 + 9.0 * 60.0 + 5.225));
+        assert_eq!(
+            seconds_of_day("124750.327500"),
+            Some(12.0 * 3600.0 + 47.0 * 60.0 + 50.3275)
+        );
+        assert_eq!(
+            seconds_of_day("20220711120905.225000"),
+            Some(12.0 * 3600.0 + 9.0 * 60.0 + 5.225)
+        );
         assert_eq!(seconds_of_day("1209"), Some(12.0 * 3600.0 + 9.0 * 60.0));
         assert_eq!(seconds_of_day("xx"), None);
     }

@@ -39,9 +39,11 @@ pub fn csa_image(o: &InMemDicomObject) -> Result<Option<Csa>, DicomError> {
     let bytes = e.to_bytes().map_err(|err| DicomError::Invalid {
         what: format!("CSA image header is not bytes: {err}"),
     })?;
-    Csa::parse(&bytes).map(Some).map_err(|why| DicomError::Invalid {
-        what: format!("CSA image header: {why}"),
-    })
+    Csa::parse(&bytes)
+        .map(Some)
+        .map_err(|why| DicomError::Invalid {
+            what: format!("CSA image header: {why}"),
+        })
 }
 
 fn siemens_private(o: &InMemDicomObject, element: u8) -> Option<Tag> {
@@ -57,8 +59,10 @@ pub fn slice_count(o: &InMemDicomObject) -> Result<Option<usize>, DicomError> {
             .and_then(|t| numbers(o, t, 2))
             .and_then(|v| v.first().copied())
     });
-    Ok(n.filter(|v| *v >= 1.0 && v.fract() == 0.0 && *v <= 10_000.0)
-        .map(|v| v as usize))
+    Ok(
+        n.filter(|v| *v >= 1.0 && v.fract() == 0.0 && *v <= 10_000.0)
+            .map(|v| v as usize),
+    )
 }
 
 pub(super) fn decode(h: &Header) -> Result<(Volume, Option<Vec<f64>>), DicomError> {
@@ -72,9 +76,7 @@ pub(super) fn decode(h: &Header) -> Result<(Volume, Option<Vec<f64>>), DicomErro
     let m = (1..=n).find(|k| k * k >= n).unwrap_or(n);
     if rows % m != 0 || cols % m != 0 {
         return Err(DicomError::Invalid {
-            what: format!(
-                "a {cols}x{rows} mosaic cannot hold {n} slices in {m}x{m} equal tiles"
-            ),
+            what: format!("a {cols}x{rows} mosaic cannot hold {n} slices in {m}x{m} equal tiles"),
         });
     }
     let (r, c) = (rows / m, cols / m);
@@ -97,8 +99,7 @@ pub(super) fn decode(h: &Header) -> Result<(Volume, Option<Vec<f64>>), DicomErro
         .filter(|v| *v > 0.0)
         .or_else(|| float(o, tags::SLICE_THICKNESS).filter(|v| *v > 0.0))
         .ok_or_else(|| DicomError::Invalid {
-            what: "neither Spacing Between Slices nor Slice Thickness is a positive number"
-                .into(),
+            what: "neither Spacing Between Slices nor Slice Thickness is a positive number".into(),
         })?;
     let reversed = csa.float("ProtocolSliceNumber").is_some_and(|p| p > 1.0);
     let corner = Vector3::new(x, y, z)

@@ -140,10 +140,9 @@ fn read_header(c: &Cursor, at: usize, enc: Encoding) -> Result<Header, DicomErro
             size: 8,
         });
     }
-    let vr_bytes = c
-        .b
-        .get(at + 4..at + 6)
-        .ok_or_else(|| c.cut(at + 8, &format!("the header of {tag} at byte {at}")))?;
+    let vr_bytes =
+        c.b.get(at + 4..at + 6)
+            .ok_or_else(|| c.cut(at + 8, &format!("the header of {tag} at byte {at}")))?;
     let vr = VR::from_binary([vr_bytes[0], vr_bytes[1]]).ok_or_else(|| DicomError::Invalid {
         what: format!(
             "element {tag} at byte {at} has no valid value representation ({:?})",
@@ -486,6 +485,9 @@ mod tests {
         assert!(e.to_string().contains("JPEG 2000 Lossless"), "{e}");
         let e = meta_start(&[1u8; 200]).unwrap_err();
         assert!(matches!(e, DicomError::NotDicom { .. }), "{e}");
-        assert!(matches!(meta_start(&[0u8; 50]), Err(DicomError::HeaderAllZero { .. })));
+        assert!(matches!(
+            meta_start(&[0u8; 50]),
+            Err(DicomError::HeaderAllZero { .. })
+        ));
     }
 }

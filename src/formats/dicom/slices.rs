@@ -77,7 +77,8 @@ pub(super) fn decode(h: &Header) -> Result<Slice, DicomError> {
         &h.required_floats(o, tags::IMAGE_ORIENTATION, "Image Orientation (Patient)")?,
         &h.required_floats(o, tags::PIXEL_SPACING, "Pixel Spacing")?,
     )?;
-    let position = position_of(&h.required_floats(o, tags::IMAGE_POSITION, "Image Position (Patient)")?)?;
+    let position =
+        position_of(&h.required_floats(o, tags::IMAGE_POSITION, "Image Position (Patient)")?)?;
     let values = rows_bottom_up(h, 0, rows, cols, 1, Rescale::of(o)?)?;
     Ok(Slice {
         rows,
@@ -131,7 +132,10 @@ pub fn stack(mut slices: Vec<Slice>) -> Result<(Volume, Option<Vec<f64>>), Dicom
         if let Some(w) = pos.windows(2).find(|w| (w[1] - w[0] - dz).abs() > tol) {
             return Err(DicomError::Invalid {
                 what: if (w[1] - w[0]).abs() <= tol {
-                    format!("two slices at the same position ({:.3} mm along the normal)", w[0])
+                    format!(
+                        "two slices at the same position ({:.3} mm along the normal)",
+                        w[0]
+                    )
                 } else {
                     format!(
                         "slices are unevenly spaced: {:.3} mm where the volume averages {dz:.3} mm",
@@ -246,7 +250,12 @@ impl SliceAssembler {
     /// Add the slice decoded from `path`. Volumes this completes are
     /// collected by [`SliceAssembler::take_finished`]. An error means the
     /// slice cannot belong to its volume (its shape differs).
-    pub fn add(&mut self, path: PathBuf, slice: Slice, info: DicomInfo) -> Result<Added, DicomError> {
+    pub fn add(
+        &mut self,
+        path: PathBuf,
+        slice: Slice,
+        info: DicomInfo,
+    ) -> Result<Added, DicomError> {
         let id = VolumeId::of(&info);
         // A slice of a later volume completes earlier volumes of the same
         // series whose size was unknown.
@@ -340,16 +349,23 @@ impl SliceAssembler {
 
     /// How many slices volume `id` holds and needs, if it is still open.
     pub fn progress(&self, id: &VolumeId) -> Option<(usize, Option<usize>)> {
-        self.groups
-            .get(id)
-            .map(|g| (g.slices.len(), g.expected.or_else(|| self.learned.get(&id.series).copied())))
+        self.groups.get(id).map(|g| {
+            (
+                g.slices.len(),
+                g.expected.or_else(|| self.learned.get(&id.series).copied()),
+            )
+        })
     }
 
     /// Give up on volume `id`: its files, and how many slices it had of how many.
     pub fn abandon(&mut self, id: &VolumeId) -> Option<(Vec<PathBuf>, usize, Option<usize>)> {
         let g = self.groups.remove(id)?;
         let n = g.slices.len();
-        Some((g.slices.into_iter().map(|(p, _)| p).collect(), n, g.expected))
+        Some((
+            g.slices.into_iter().map(|(p, _)| p).collect(),
+            n,
+            g.expected,
+        ))
     }
 
     /// The volumes still open.
