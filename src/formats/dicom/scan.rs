@@ -233,13 +233,20 @@ pub fn scan(b: &[u8]) -> Result<Layout, DicomError> {
         }
         at = end;
     }
+    let ts = match ts {
+        Some(ts) => ts,
+        None if at >= b.len() => return Err(c.cut(at + 8, "the file meta group")),
+        None => {
+            return Err(DicomError::Invalid {
+                what: "the file meta group has no transfer syntax UID (0002,0010)".into(),
+            });
+        }
+    };
+    // A compressed file is refused as soon as its meta group says so.
+    let enc = encoding_of(&ts)?;
     if at >= b.len() {
         return Err(c.cut(at + 8, "the file meta group, before the data set"));
     }
-    let ts = ts.ok_or_else(|| DicomError::Invalid {
-        what: "the file meta group has no transfer syntax UID (0002,0010)".into(),
-    })?;
-    let enc = encoding_of(&ts)?;
     let mut header_end = at;
     let mut pixels = None;
     while at < b.len() {
