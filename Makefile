@@ -2,7 +2,8 @@
 #   make demo   build, then run the simulator feeding the daemon (no arguments, no network)
 #   make test   the whole test suite (format, lints, unit + integration tests)
 # and, for the figures in the README:
-#   make bench  realign, GLM and decode benchmarks next to SimpleITK and nilearn (needs Python 3 + PyPI)
+#   make bench  realign, GLM, decode and DICOM benchmarks next to SimpleITK, nilearn, nibabel
+#               and dcm2niix (needs Python 3 + PyPI; dcm2niix from your package manager)
 #   make ort-gpu  swap in PyPI's onnxruntime-gpu (CUDA/TensorRT) on a GPU machine
 #
 # ONNX Runtime comes from PyPI's wheel into .venv (ort's load-dynamic); the
@@ -55,6 +56,8 @@ bench: parity-venv
 	$(VENV)/bin/python onnx/bench_graphs.py target/bench-models
 	$(CARGO) bench --bench decode -- target/bench-models/model target/bench-models/subject 5
 	$(VENV)/bin/python tests/parity/decode_reference.py target/bench-models/model target/bench-models/subject --trials 5
+	$(CARGO) bench --bench dicom
+	$(VENV)/bin/python tests/parity/dicom_compare.py
 
 clean:
 	$(CARGO) clean

@@ -56,6 +56,8 @@ pub(super) struct DicomState {
     /// Volumes decoded to learn their key, with the file's size and mtime
     /// then: reused by the attempt that takes them if the file is unchanged.
     decoded: HashMap<PathBuf, (Option<FileStat>, Volume)>,
+    /// Runs whose acquisition has been described in the log.
+    described: std::collections::HashSet<u32>,
 }
 
 /// [`dicom::read_file`], with a panic in the reader turned into an error.
@@ -193,6 +195,7 @@ impl Stage {
                 if !self.rekey(path, key, &volume, &info) {
                     return None;
                 }
+                self.describe_run(key.run, &volume, &info);
                 if let Some(t) = info.slice_timing {
                     self.dicom.slice_timing.insert(path.to_path_buf(), t.into());
                 }
@@ -207,6 +210,31 @@ impl Stage {
                 self.add_slice(path, key, slice, info)
             }
         }
+    }
+
+    /// Say once per run what the scanner sends.
+    fn describe_run(&mut self, run: u32, volume: &Volume, info: &DicomInfo) {
+        if !self.dicom.described.insert(run) {
+            return;
+        }
+        let timing = match &info.slice_timing {
+            Some(t) => format!(
+                "slice times 0 to {:.3} s kept with each volume",
+                t.iter().copied().fold(0.0, f64::max)
+            ),
+            None => "no slice timing in the header".into(),
+        };
+        tracing::info!(
+            "run {run}: DICOM {} of {} ({}), TR {}, {timing}; transfer syntax {}",
+            info.flavour.name(),
+            validate::words(volume.grid()),
+            info.series_description
+                .as_deref()
+                .unwrap_or("no description"),
+            info.repetition_time
+                .map_or("unknown".to_string(), |t| format!("{t} s")),
+            info.transfer_syntax
+        );
     }
 
     /// Run and volume from the header, cross-checked with the name.
@@ -405,6 +433,9 @@ impl Stage {
                 run: a.id.series,
                 index: a.id.volume,
             };
+            if let Ok((v, info)) = &a.result {
+                self.describe_run(key.run, v, info);
+            }
             let group = self.dicom.groups.remove(&key);
             let path = a.paths.first().cloned().unwrap_or_default();
             let checked = a.result.map_err(|e| e.to_string()).and_then(|(v, info)| {
