@@ -107,7 +107,7 @@ def main():
     print(f"dcm2niix {version}, nibabel {nibabel.__version__}, pydicom {pydicom.__version__}; "
           f"medians per volume over files x {args.repeats}")
     print()
-    print("| files | volumes | boldstream (read + decode) | nibabel wrappers | ratio "
+    print("| series | volumes | boldstream (read + decode) | nibabel wrappers | ratio "
           "| dcm2niix subprocess | ratio | dcm2niix + load NIfTI | ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
     for label, patterns in GROUPS:
