@@ -252,21 +252,18 @@ impl Stage {
             ));
         };
         let key = VolumeKey { run, index };
-        if let Some(n) = name {
-            let run_differs = n.run_from_name && n.key.run != run;
-            // A slice file's name numbers slices, not volumes.
-            let index_differs = info.flavour != dicom::Flavour::Slice && n.key.index != index;
-            if run_differs || index_differs {
-                tracing::warn!(
-                    "{}: the name says {} but the header says {key}; using the header",
-                    path.display(),
-                    if n.run_from_name {
-                        n.key.to_string()
-                    } else {
-                        format!("volume {}", n.key.index)
-                    }
-                );
-            }
+        // Only names that state a run are evidence (a bare trailing number
+        // may be a slice count or the end of a UID). A slice file's name
+        // numbers slices, not volumes.
+        if let Some(n) = name.filter(|n| n.run_from_name)
+            && info.flavour != dicom::Flavour::Slice
+            && n.key != key
+        {
+            tracing::warn!(
+                "{}: the name says {} but the header says {key}; using the header",
+                path.display(),
+                n.key
+            );
         }
         Ok(key)
     }
