@@ -361,7 +361,12 @@ pub(crate) fn item(o: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> 
 
 /// The element block (0x10..=0xFF) a private creator reserved in `group`.
 pub(crate) fn private_block(o: &InMemDicomObject, group: u16, creator: &str) -> Option<u16> {
-    (0x10u16..=0xFF).find(|&b| text(o, Tag(group, b)).is_some_and(|s| s == creator))
+    // One pass over the (few) elements present, rather than 240 lookups:
+    // this runs for every frame of an enhanced file.
+    o.tags()
+        .filter(|t| t.group() == group && (0x10..=0xFF).contains(&t.element()))
+        .find(|t| text(o, *t).is_some_and(|s| s == creator))
+        .map(|t| t.element())
 }
 
 /// Seconds since midnight of a DICOM TM (`HHMMSS.frac`) or the time part

@@ -53,22 +53,24 @@ fn siemens_private(o: &InMemDicomObject, element: u8) -> Option<Tag> {
 
 /// Slices in the mosaic per the CSA header, else (0019,xx0A).
 pub fn slice_count(o: &InMemDicomObject) -> Result<Option<usize>, DicomError> {
-    let from_csa = csa_image(o)?.and_then(|c| c.float("NumberOfImagesInMosaic"));
+    Ok(slice_count_with(o, csa_image(o)?.as_ref()))
+}
+
+fn slice_count_with(o: &InMemDicomObject, csa: Option<&Csa>) -> Option<usize> {
+    let from_csa = csa.and_then(|c| c.float("NumberOfImagesInMosaic"));
     let n = from_csa.or_else(|| {
         siemens_private(o, 0x0A)
             .and_then(|t| numbers(o, t, 2))
             .and_then(|v| v.first().copied())
     });
-    Ok(
-        n.filter(|v| *v >= 1.0 && v.fract() == 0.0 && *v <= 10_000.0)
-            .map(|v| v as usize),
-    )
+    n.filter(|v| *v >= 1.0 && v.fract() == 0.0 && *v <= 10_000.0)
+        .map(|v| v as usize)
 }
 
 pub(super) fn decode(h: &Header) -> Result<(Volume, Option<Vec<f64>>), DicomError> {
     let o = h.obj;
     let csa = csa_image(o)?.unwrap_or_default();
-    let n = slice_count(o)?.ok_or_else(|| DicomError::Unsupported {
+    let n = slice_count_with(o, Some(&csa)).ok_or_else(|| DicomError::Unsupported {
         what: "mosaic without a slice count: no CSA NumberOfImagesInMosaic and no (0019,xx0A)"
             .into(),
     })?;
