@@ -243,7 +243,11 @@ impl Stage {
         let run = info
             .series_number
             .or_else(|| name.filter(|n| n.run_from_name).map(|n| n.key.run));
-        let index = info.volume_number().or_else(|| name.map(|n| n.key.index));
+        // A slice file's name numbers slices: never its volume.
+        let index = info.volume_number().or_else(|| {
+            name.filter(|_| info.flavour != dicom::Flavour::Slice)
+                .map(|n| n.key.index)
+        });
         let (Some(run), Some(index)) = (run, index) else {
             return Err(format!(
                 "the {} header has no Series Number and volume number \
