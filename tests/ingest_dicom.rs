@@ -495,3 +495,43 @@ fn single_slice_files_are_grouped_into_volumes() {
     }
     assert_eq!((stats.released, stats.duplicates), (3, 1));
 }
+
+#[test]
+fn a_series_restarted_under_a_new_number_is_a_new_run() {
+    let Some(study) = rt_study() else { return };
+    let files = dcm_files(&study);
+    let mut f = Fixture::new(|_| {}, |_| {});
+    for p in &files[1..4] {
+        copy(p, &f.watch);
+    }
+    let first: Vec<String> = f
+        .until(|e| matches!(e, IngestEvent::Volume(v) if v.key.index == 3))
+        .iter()
+        .map(describe)
+        .collect();
+    assert_eq!(
+        first,
+        ["start 13 from 1", "vol 13/1", "vol 13/2", "vol 13/3"]
+    );
+    // The operator stops the scan and restarts it: series 14, numbered
+    // from 1 again. The names here do not say it; the headers do.
+    for (i, p) in files[1..3].iter().enumerate() {
+        let mut obj = dicom_object::open_file(p).unwrap();
+        obj.put(dicom_core::DataElement::new(
+            dicom_core::Tag(0x0020, 0x0011),
+            dicom_core::VR::IS,
+            dicom_core::value::PrimitiveValue::from("14"),
+        ));
+        let mut bytes = Vec::new();
+        obj.write_all(&mut bytes).unwrap();
+        std::fs::write(f.watch.join(format!("restart_{}.dcm", i + 1)), bytes).unwrap();
+    }
+    let next: Vec<String> = f
+        .until(|e| matches!(e, IngestEvent::Volume(v) if v.key.run == 14 && v.key.index == 2))
+        .iter()
+        .map(describe)
+        .collect();
+    assert_eq!(next, ["end 13", "start 14 from 1", "vol 14/1", "vol 14/2"]);
+    let (_, stats) = f.stop();
+    assert_eq!((stats.released, stats.duplicates), (5, 0));
+}
