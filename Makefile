@@ -3,7 +3,8 @@
 #   make test   the whole test suite (format, lints, unit + integration tests,
 #               the dashboard in headless Chromium: `make browser-deps` first)
 # and, for the figures in the README:
-#   make bench  realign, GLM and decode benchmarks next to SimpleITK and nilearn (needs Python 3 + PyPI),
+#   make bench  realign, GLM, decode and DICOM benchmarks next to SimpleITK, nilearn, nibabel
+#               and dcm2niix (needs Python 3 + PyPI; dcm2niix from your package manager),
 #               and the feedback protocol under load (1 and 10 clients, 4x real time)
 #   make ort-gpu  swap in PyPI's onnxruntime-gpu (CUDA/TensorRT) on a GPU machine
 #
@@ -83,6 +84,8 @@ bench: parity-venv
 	$(CARGO) bench --bench decode -- target/bench-models/model target/bench-models/subject 5
 	$(VENV)/bin/python tests/parity/decode_reference.py target/bench-models/model target/bench-models/subject --trials 5
 	$(CARGO) bench --bench serve
+	$(CARGO) bench --bench dicom
+	$(VENV)/bin/python tests/parity/dicom_compare.py
 
 clean:
 	$(CARGO) clean

@@ -7,7 +7,8 @@
 //! export dir ─watch─▶ ingest ─▶ realign ─▶ buffer ─▶ (GLM, decode) ─▶ sinks
 //! ```
 //!
-//! - [`formats`]: NIfTI (and later DICOM) decoding into [`volume::Volume`]s.
+//! - [`formats`]: NIfTI and DICOM (Siemens mosaic, enhanced, single-slice)
+//!   decoding into [`volume::Volume`]s.
 //! - [`realign`]: rigid motion correction, MCFLIRT-convention parameters.
 //! - [`simulate`]: a scanner simulator with known motion and fault injection.
 

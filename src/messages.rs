@@ -55,6 +55,10 @@ pub struct IngestedVolume {
     pub timing: IngestTiming,
     /// True when it arrived after its index had been declared missing.
     pub late: bool,
+    /// When each slice (k) was acquired, seconds from the volume's first
+    /// slice, as the DICOM header says (dcm2niix's `SliceTiming`); `None`
+    /// for NIfTI input.
+    pub slice_timing: Option<std::sync::Arc<[f64]>>,
 }
 
 impl IngestedVolume {
@@ -75,6 +79,7 @@ impl IngestedVolume {
                 decode_seconds: 0.0,
             },
             late: false,
+            slice_timing: None,
         }
     }
 }

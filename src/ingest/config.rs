@@ -134,10 +134,16 @@ pub struct IngestConfig {
     pub quarantine_dir: Option<PathBuf>,
 
     /// File-name endings taken as volumes (case-insensitive). Default
-    /// `[".nii", ".nii.gz"]`; every other file is ignored, with one log line
-    /// per distinct extension.
+    /// `[".nii", ".nii.gz", ".dcm", ".ima"]`: `.nii`/`.nii.gz` are NIfTI,
+    /// every other suffix DICOM. Every other file is ignored, with one log
+    /// line per distinct extension.
     #[serde(default = "defaults::suffixes")]
     pub suffixes: Vec<String>,
+
+    /// Also take files without an extension (`IM0001`, or UID names such
+    /// as `MR.1.3.12.2…`) as DICOM. Default true.
+    #[serde(default = "defaults::extensionless_dicom")]
+    pub extensionless_dicom: bool,
 
     /// Tolerance in mm when checking that a volume's grid matches its
     /// run's (dimensions equal, affine entries within this). Default 1e-3.
@@ -180,7 +186,15 @@ mod defaults {
         60.0
     }
     pub fn suffixes() -> Vec<String> {
-        vec![".nii".into(), ".nii.gz".into()]
+        vec![
+            ".nii".into(),
+            ".nii.gz".into(),
+            ".dcm".into(),
+            ".ima".into(),
+        ]
+    }
+    pub fn extensionless_dicom() -> bool {
+        true
     }
     pub fn grid_tolerance_mm() -> f64 {
         1e-3
@@ -209,6 +223,7 @@ impl IngestConfig {
             run_idle_timeout: defaults::run_idle_timeout(),
             quarantine_dir: None,
             suffixes: defaults::suffixes(),
+            extensionless_dicom: defaults::extensionless_dicom(),
             grid_tolerance_mm: defaults::grid_tolerance_mm(),
             event_source: EventSource::default(),
         }
@@ -296,7 +311,8 @@ mod tests {
         assert_eq!(c.run_idle_timeout, 60.0);
         assert_eq!(c.first_index, None);
         assert_eq!(c.naming, "auto");
-        assert_eq!(c.suffixes, vec![".nii", ".nii.gz"]);
+        assert_eq!(c.suffixes, vec![".nii", ".nii.gz", ".dcm", ".ima"]);
+        assert!(c.extensionless_dicom);
         assert_eq!(c.quarantine_dir(), PathBuf::from("/data/export/quarantine"));
         assert!(c.validate().is_ok());
     }

@@ -1,7 +1,10 @@
 //! Ingest: the scanner's export folder → an ordered stream of volumes.
 //!
-//! In: files appearing in [`IngestConfig::watch_dir`] (NIfTI `.nii` /
-//! `.nii.gz`, one 3-D volume each, named with a run and volume number).
+//! In: files appearing in [`IngestConfig::watch_dir`]: NIfTI `.nii` /
+//! `.nii.gz`, one 3-D volume each, named with a run and volume number; or
+//! DICOM (`.dcm`, `.ima`, no extension) — a Siemens mosaic or enhanced file
+//! per volume, or one file per slice — whose header says the run and
+//! volume (the name is a cross-check; `stage::dicom`).
 //! Out: [`IngestEvent`]s on the channel given to [`spawn`] — good volumes in
 //! index order per run, and a report for everything else (missing, late,
 //! duplicate, quarantined, runs starting and ending, watching notices).

@@ -17,6 +17,8 @@ pub struct Parsed {
     pub key: VolumeKey,
     /// The index the first volume of a run of such names carries.
     pub first_index: u32,
+    /// Whether the run number is in the name (not the default run 1).
+    pub run_from_name: bool,
 }
 
 /// One naming rule: a regex with a `vol` group (and usually `run`).
@@ -47,6 +49,7 @@ impl Rule {
     fn parse(&self, name: &str, stem: &str) -> Option<Parsed> {
         let caps = self.re.captures(if self.on_stem { stem } else { name })?;
         let index = caps.name("vol")?.as_str().parse().ok()?;
+        let run_from_name = caps.name("run").is_some();
         let run = match caps.name("run") {
             Some(m) => m.as_str().parse().ok()?,
             None => 1,
@@ -54,6 +57,7 @@ impl Rule {
         Some(Parsed {
             key: VolumeKey { run, index },
             first_index: self.first_index,
+            run_from_name,
         })
     }
 }
@@ -101,6 +105,29 @@ pub fn accepted_suffix<'a>(name: &str, suffixes: &'a [String]) -> Option<&'a str
         .filter(|s| lower.ends_with(&s.to_ascii_lowercase()) && name.len() > s.len())
         .max_by_key(|s| s.len())
         .map(|s| s.as_str())
+}
+
+/// Whether a file with accepted suffix `suffix` is DICOM (anything but
+/// NIfTI's `.nii` / `.nii.gz`).
+pub fn is_dicom_suffix(suffix: &str) -> bool {
+    let s = suffix.to_ascii_lowercase();
+    !(s.ends_with(".nii") || s.ends_with(".nii.gz"))
+}
+
+/// Whether `name` has no extension, as DICOM exports often do: no dot at
+/// all (`IM0001`), or only digits and dots after the first (a UID such as
+/// `1.3.12.2.1107.5.2.43.67093.2022071112091721428903937`). Hidden names
+/// (a leading dot, like writers' temporary files) never qualify.
+pub fn is_extensionless(name: &str) -> bool {
+    if name.is_empty() || name.starts_with('.') {
+        return false;
+    }
+    match name.find('.') {
+        None => true,
+        Some(i) => {
+            name[i..].bytes().all(|b| b == b'.' || b.is_ascii_digit()) && !name.ends_with('.')
+        }
+    }
 }
 
 /// The extension to mention when a file is ignored for its suffix:
@@ -192,5 +219,17 @@ mod tests {
         assert_eq!(extension_of("scan.nii.part"), ".nii.part");
         assert_eq!(extension_of(".DS_Store"), "(none)");
         assert_eq!(extension_of("README"), "(none)");
+    }
+
+    #[test]
+    fn dicom_names_are_told_apart() {
+        assert!(is_dicom_suffix(".dcm") && is_dicom_suffix(".IMA") && is_dicom_suffix(""));
+        assert!(!is_dicom_suffix(".nii") && !is_dicom_suffix(".NII.GZ"));
+        for yes in ["IM0001", "MR.1.3.12.2.1107.5", "1.3.12.2.1107.5.2.43.67093"] {
+            assert!(is_extensionless(yes), "{yes}");
+        }
+        for no in [".DS_Store", ".IM0001.tmp", "a.txt", "scan.dcm", "1.3."] {
+            assert!(!is_extensionless(no), "{no}");
+        }
     }
 }

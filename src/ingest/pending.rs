@@ -98,6 +98,13 @@ pub struct PendingFile {
     /// When this is a new version of a file already taken: the checksum of
     /// the volume taken from it, to tell a rewrite from a touch.
     pub rewrite_of: Option<u64>,
+    /// A DICOM file: its run and volume come from its header once decoded
+    /// (`key` is the name's, a cross-check).
+    pub dicom: bool,
+    /// Whether `key` is registered with the ordering logic as a candidate
+    /// (always for NIfTI; for DICOM once its name or header says which
+    /// volume it is).
+    pub registered: bool,
 }
 
 impl PendingFile {
@@ -116,6 +123,8 @@ impl PendingFile {
             last_attempt: None,
             last_failure: None,
             rewrite_of: None,
+            dicom: false,
+            registered: true,
         }
     }
 

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
+mod dicom;
+
 use super::config::{IngestConfig, WatchMode};
 use super::naming::{self, Naming};
 use super::pending::{Failure, FileStat, PendingFile, RetryPolicy, Verdict};
@@ -37,6 +39,8 @@ struct Taken {
     path: PathBuf,
     volume: Volume,
     timing: IngestTiming,
+    /// Per-slice acquisition times (DICOM headers).
+    slice_timing: Option<Arc<[f64]>>,
 }
 
 /// What became of a path that is no longer pending.
@@ -53,6 +57,9 @@ enum Done {
     Duplicate,
     /// Not a volume file; never looked at again.
     Ignored,
+    /// A single-slice DICOM file handed to the slice assembler; a later
+    /// change is logged, not re-read.
+    Slice,
     /// Quarantined or removed; `stat` is what is at the path now (`None`
     /// when nothing is). A different file appearing there is new.
     Gone { stat: Option<FileStat> },
@@ -213,6 +220,7 @@ pub(crate) fn start(
         last_heartbeat: Instant::now(),
         notices,
         initial,
+        dicom: Default::default(),
     };
     let thread = std::thread::Builder::new()
         .name("ingest".into())
@@ -249,6 +257,8 @@ struct Stage {
     notices: Vec<String>,
     /// The folder's files when the stage started.
     initial: Vec<PathBuf>,
+    /// DICOM: names, slice volumes being assembled, slice timing.
+    dicom: dicom::DicomState,
 }
 
 /// Size and mtime of `path`; `Ok(None)` when nothing is there.
@@ -335,6 +345,7 @@ impl Stage {
                 break;
             }
             self.attempt_due(true);
+            self.expire_slices(Instant::now());
             let outs = self.reorder.tick(Instant::now());
             self.emit_outputs(outs);
             self.auto_check(Instant::now());
@@ -370,6 +381,7 @@ impl Stage {
                 p.path.display()
             );
         }
+        self.flush_slices();
         let outs = self.reorder.flush();
         self.emit_outputs(outs);
     }
@@ -380,6 +392,9 @@ impl Stage {
             d = d.min(p.next_try);
         }
         if let Some(r) = self.reorder.next_deadline() {
+            d = d.min(r);
+        }
+        if let Some(r) = self.slices_deadline() {
             d = d.min(r);
         }
         if let Some(a) = &self.auto {
@@ -445,6 +460,14 @@ impl Stage {
         match self.done.get(&path) {
             None => {}
             Some(Done::Duplicate | Done::Ignored) => return,
+            Some(Done::Slice) => {
+                tracing::warn!(
+                    "{}: changed after its slice was used; not read again",
+                    path.display()
+                );
+                self.done.insert(path, Done::Ignored);
+                return;
+            }
             Some(Done::Taken {
                 stat: was,
                 checksum,
@@ -459,6 +482,7 @@ impl Stage {
                 // compare, as copy tools touch mtimes after writing.
                 let mut p = PendingFile::new(path.clone(), suffix.clone(), *key, now);
                 p.rewrite_of = Some(*checksum);
+                p.dicom = naming::is_dicom_suffix(suffix);
                 tracing::info!(
                     "{}: changed after {key} was taken from it; checking the new version",
                     path.display()
@@ -482,8 +506,12 @@ impl Stage {
             self.ignore(&path, "its name is not valid UTF-8".into());
             return;
         };
-        let Some(suffix) = naming::accepted_suffix(&name, &self.cfg.suffixes).map(str::to_owned)
-        else {
+        let suffix = naming::accepted_suffix(&name, &self.cfg.suffixes)
+            .map(str::to_owned)
+            .or_else(|| {
+                (self.cfg.extensionless_dicom && naming::is_extensionless(&name)).then(String::new)
+            });
+        let Some(suffix) = suffix else {
             let ext = naming::extension_of(&name);
             Counters::bump(&self.counters.ignored);
             self.done.insert(path.clone(), Done::Ignored);
@@ -498,6 +526,10 @@ impl Stage {
             return;
         };
         let stem = &name[..name.len() - suffix.len()];
+        if naming::is_dicom_suffix(&suffix) {
+            let parsed = self.naming.parse(&name, stem);
+            return self.dicom_candidate(path, suffix, parsed, current.ok().flatten(), now);
+        }
         let Some(parsed) = self.naming.parse(&name, stem) else {
             self.ignore(
                 &path,
@@ -561,6 +593,7 @@ impl Stage {
 
     /// Attempt every pending file whose time has come, lowest index first.
     fn attempt_due(&mut self, may_give_up: bool) {
+        self.key_dicom_burst();
         let now = Instant::now();
         let mut due: Vec<(VolumeKey, PathBuf)> = self
             .pending
@@ -598,9 +631,22 @@ impl Stage {
             return;
         };
         p.attempts += 1;
+        let dicom = p.dicom;
         let t0 = Instant::now();
-        let result = read_guarded(path);
+        let result = if dicom {
+            // DICOM says its own run and volume; it may re-key the file,
+            // or consume it whole (a slice, a duplicate).
+            match self.decode_dicom(path) {
+                Some(r) => r,
+                None => return,
+            }
+        } else {
+            read_guarded(path)
+        };
         let decoded = Instant::now();
+        let Some(key) = self.pending.get(path).map(|p| p.key) else {
+            return;
+        };
         let failure = match result {
             Ok(vol) => {
                 match validate::check(
@@ -712,6 +758,7 @@ impl Stage {
             path: path.to_path_buf(),
             volume,
             timing,
+            slice_timing: self.dicom.slice_timing.remove(path),
         };
         let outs = self.reorder.taken(key, item, decoded);
         self.emit_outputs(outs);
@@ -730,7 +777,7 @@ impl Stage {
         Counters::bump(&self.counters.removed);
         self.done
             .insert(path.to_path_buf(), Done::Gone { stat: None });
-        if p.rewrite_of.is_none() {
+        if p.rewrite_of.is_none() && p.registered {
             let outs = self.reorder.removed(p.key, Instant::now());
             self.emit_outputs(outs);
         }
@@ -744,7 +791,7 @@ impl Stage {
             reason: &reason,
             attempts: p.attempts,
             size: p.stat.map(|s| s.size),
-            key: Some(p.key),
+            key: p.registered.then_some(p.key),
             first_seen: Some(p.first_seen_wall),
         };
         let moved = quarantine::move_aside(&self.qdir, path, &p.suffix, &details);
@@ -787,16 +834,20 @@ impl Stage {
             "{}: quarantined as {} ({}): {reason}",
             path.display(),
             moved_to.display(),
-            p.key
+            if p.registered {
+                p.key.to_string()
+            } else {
+                "run and volume unknown".to_string()
+            }
         );
         Counters::bump(&self.counters.quarantined);
         self.emit(IngestEvent::Quarantined {
-            key: Some(p.key),
+            key: p.registered.then_some(p.key),
             path: path.to_path_buf(),
             moved_to,
             reason: reason.clone(),
         });
-        if p.rewrite_of.is_none() {
+        if p.rewrite_of.is_none() && p.registered {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -910,6 +961,7 @@ impl Stage {
                         volume: item.volume,
                         timing,
                         late,
+                        slice_timing: item.slice_timing,
                     }))
                 }
                 Output::Missing { key, reason } => {

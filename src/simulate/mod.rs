@@ -53,7 +53,7 @@ pub use motion::{MotionModel, MotionSpec};
 pub use naming::{Naming, ParsedName};
 pub use patterns::StimulusPatterns;
 pub use phantom::{Contrast, Phantom, Tissue};
-pub use replay::{ReplaySeries, write_4d};
+pub use replay::{DicomReplay, ReplaySeries, write_4d};
 pub use synth::{DriftSpec, FrameTruth, PhysioSpec, SynthSeries, SynthSpec};
 pub use truth::read_motion_par;
 pub use visual::{Prf, PrfLayout, SubjectProfile, VisualCortex, load_images};
@@ -157,8 +157,10 @@ pub struct SimulateArgs {
     /// Folder to write volumes into (the scanner's export folder).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Replay this 4-D NIfTI instead of synthesising.
-    #[arg(long, value_name = "FILE")]
+    /// Replay this 4-D NIfTI instead of synthesising, or a folder of
+    /// scanner DICOM files (one per volume: their names and bytes, in
+    /// series and volume order; --naming, --gzip and --int16 do not apply).
+    #[arg(long, value_name = "FILE|DIR")]
     pub replay: Option<PathBuf>,
     /// Number of runs (motion continues across them).
     #[arg(long, default_value_t = 1)]
@@ -361,8 +363,16 @@ pub fn run_simulate(args: &SimulateArgs) -> anyhow::Result<()> {
         if args.write_4d.is_some() {
             bail!("--write-4d exports synthetic data; --replay input is already 4-D");
         }
-        let src = ReplaySeries::open(file, args.tr)?;
         let out = args.out.as_ref().context("--replay needs --out DIR")?;
+        if file.is_dir() {
+            let src = DicomReplay::open(file, args.tr)?;
+            tracing::info!(dir = %file.display(), files = src.len(), tr = src.tr(), "replaying DICOM");
+            let opts = args.writer_options(src.tr())?;
+            let report = ScanWriter::new(out, opts).run(&src, &plan)?;
+            log_report(&report);
+            return Ok(());
+        }
+        let src = ReplaySeries::open(file, args.tr)?;
         tracing::info!(file = %file.display(), volumes = src.len(), tr = src.tr(), "replaying");
         let opts = args.writer_options(src.tr())?;
         let report = ScanWriter::new(out, opts).run(&src, &plan)?;

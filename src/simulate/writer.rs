@@ -69,6 +69,17 @@ pub trait VolumeSource: Sync {
     fn extra_truth(&self, _dir: &Path, _opts: &WriteOptions) -> Result<(), SimError> {
         Ok(())
     }
+    /// The name volume `i`'s file (or its duplicate copy) has when the
+    /// source is a folder of scanner files; `None`: named by the writer's
+    /// naming option.
+    fn file_name(&self, _i: usize, _duplicate: bool) -> Option<String> {
+        None
+    }
+    /// The bytes of volume `i`'s file as the scanner wrote it (DICOM
+    /// replay); `None`: the writer encodes [`VolumeSource::volume`] as NIfTI.
+    fn file_bytes(&self, _i: usize) -> Option<Result<Vec<u8>, SimError>> {
+        None
+    }
 }
 
 impl VolumeSource for SynthSeries {
@@ -325,7 +336,9 @@ pub(crate) fn plan_schedule(
     let d = plan.dup_delay.max(1);
     for (i, vf) in resolved.iter().enumerate() {
         let key = src.key(i);
-        let name = opts.naming.file_name(opts.session, key, false, opts.gzip);
+        let name = src
+            .file_name(i, false)
+            .unwrap_or_else(|| opts.naming.file_name(opts.session, key, false, opts.gzip));
         let base = if vf.partial {
             Mode::Partial
         } else {
@@ -371,9 +384,10 @@ pub(crate) fn plan_schedule(
             Some(Fault::Duplicate(mode)) => {
                 push(i, 0, &name, Content::Valid, base, "ok");
                 if matches!(mode, DupMode::Copy | DupMode::Both) {
-                    let dup = opts
-                        .naming
-                        .file_name(opts.session, src.key(i), true, opts.gzip);
+                    let dup = src.file_name(i, true).unwrap_or_else(|| {
+                        opts.naming
+                            .file_name(opts.session, src.key(i), true, opts.gzip)
+                    });
                     push(i + d, 1, &dup, Content::Valid, base, &label);
                     record(
                         "duplicate",
@@ -621,6 +635,24 @@ impl ScanWriter {
         nifti: &WriteOptions,
         timing: &mut Timing,
     ) -> Result<(Vec<u8>, bool), SimError> {
+        // A replayed scanner file: its own bytes, corrupted the same ways.
+        if let Some(real) = src.file_bytes(action.index) {
+            let t = Instant::now();
+            let real = real?;
+            timing.add(t.elapsed());
+            let bytes = match action.content {
+                Content::Valid => return Ok((real, true)),
+                Content::Corrupt(CorruptKind::Empty) => Vec::new(),
+                Content::Corrupt(CorruptKind::Truncated) => real[..real.len() / 2].to_vec(),
+                Content::Corrupt(CorruptKind::Garbage) => garbage(
+                    real.len(),
+                    mix_seed(plan.seed ^ TAG_GARBAGE, action.index as u64),
+                ),
+                Content::Corrupt(kind) => super::replay::corrupt_dicom(&real, kind)
+                    .map_err(|e| SimError::Spec(format!("{}: {e}", action.name)))?,
+            };
+            return Ok((bytes, false));
+        }
         let mut fetch = || {
             let t = Instant::now();
             let v = src.volume(action.index);
@@ -714,17 +746,24 @@ pub fn sibling_truth_dir(out: &Path) -> PathBuf {
     abs.with_file_name(format!("{name}_truth"))
 }
 
-/// Random bytes that do not start like a NIfTI header or a gzip stream, so
-/// they are garbage however a reader sniffs them.
+/// Random bytes that do not start like a NIfTI header, a gzip stream or a
+/// DICOM file, so they are garbage however a reader sniffs them.
 pub fn garbage(len: usize, seed: u64) -> Vec<u8> {
     let mut b = vec![0u8; len];
     ChaCha8Rng::seed_from_u64(seed).fill_bytes(&mut b);
     if b.len() >= 4 {
         let le = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         let be = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
-        if (b[0] == 0x1f && b[1] == 0x8b) || [348, 540].contains(&le) || [348, 540].contains(&be) {
+        if (b[0] == 0x1f && b[1] == 0x8b)
+            || [348, 540].contains(&le)
+            || [348, 540].contains(&be)
+            || b.starts_with(b"DICM")
+        {
             b[0] ^= 0x55;
         }
+    }
+    if b.len() >= 132 && &b[128..132] == b"DICM" {
+        b[128] ^= 0x55;
     }
     b
 }
