@@ -135,6 +135,25 @@ impl Config {
         })
     }
 
+    /// Every stage at its defaults, watching `ingest`'s folder, the session
+    /// in `session_dir`, no console: for embedding the pipeline (tests,
+    /// tools), with the stages that matter set by struct update.
+    pub fn embedded(ingest: IngestConfig, session_dir: &Path) -> Config {
+        Config {
+            session: SessionConfig {
+                dir: Some(session_dir.to_path_buf()),
+                ..Default::default()
+            },
+            ingest,
+            realign: Default::default(),
+            buffer: Default::default(),
+            glm: Default::default(),
+            decode: Default::default(),
+            console: ConsoleConfig { enabled: false },
+            serve: Default::default(),
+        }
+    }
+
     /// Read and parse a config file, resolving relative paths against its folder.
     pub fn load(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

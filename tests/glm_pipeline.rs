@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use boldstream::config::{Config, ConsoleConfig, SessionConfig};
+use boldstream::config::Config;
 use boldstream::events::{Event, write_events};
 use boldstream::glm::stage::GlmConfig;
 use boldstream::ingest::IngestConfig;
@@ -29,17 +29,8 @@ fn config(tmp: &Path, volumes: u32, glm: GlmConfig) -> Config {
     ingest.poll_interval = 0.05;
     ingest.retry_interval = 0.02;
     Config {
-        session: SessionConfig {
-            dir: Some(tmp.join("session")),
-            ..Default::default()
-        },
-        ingest,
-        realign: Default::default(),
-        buffer: Default::default(),
         glm,
-        decode: Default::default(),
-        console: ConsoleConfig { enabled: false },
-        serve: Default::default(),
+        ..Config::embedded(ingest, &tmp.join("session"))
     }
 }
 

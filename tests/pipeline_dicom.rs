@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use boldstream::config::{Config, ConsoleConfig, SessionConfig};
+use boldstream::config::Config;
 use boldstream::events::{Event, write_events};
 use boldstream::formats::nifti;
 use boldstream::glm::stage::GlmConfig;
@@ -42,17 +42,8 @@ fn config(tmp: &Path, glm: GlmConfig) -> Config {
     ingest.retry_interval = 0.02;
     ingest.poll_interval = 0.05;
     Config {
-        session: SessionConfig {
-            dir: Some(tmp.join("session")),
-            ..Default::default()
-        },
-        ingest,
-        realign: Default::default(),
-        buffer: Default::default(),
         glm,
-        decode: Default::default(),
-        console: ConsoleConfig { enabled: false },
-        serve: Default::default(),
+        ..Config::embedded(ingest, &tmp.join("session"))
     }
 }
 

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use boldstream::config::{Config, ConsoleConfig, SessionConfig};
+use boldstream::config::Config;
 use boldstream::ingest::IngestConfig;
 use boldstream::messages::{IngestEvent, PipelineEvent, RealignedVolume, VolumeKey};
 use boldstream::pipeline::{Pipeline, PipelineOptions, PipelineSummary};
@@ -36,19 +36,7 @@ fn config(export: &Path, session: &Path, volumes_per_run: u32, naming: &str) -> 
     ingest.gap_timeout = 1.0;
     ingest.retry_interval = 0.02;
     ingest.poll_interval = 0.05;
-    Config {
-        session: SessionConfig {
-            dir: Some(session.to_path_buf()),
-            ..Default::default()
-        },
-        ingest,
-        realign: Default::default(),
-        buffer: Default::default(),
-        glm: Default::default(),
-        decode: Default::default(),
-        console: ConsoleConfig { enabled: false },
-        serve: Default::default(),
-    }
+    Config::embedded(ingest, session)
 }
 
 struct Outcome {

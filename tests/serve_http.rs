@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boldstream::config::{Config, ConsoleConfig, SessionConfig};
+use boldstream::config::Config;
 use boldstream::ingest::IngestConfig;
 use boldstream::messages::{IngestEvent, PipelineEvent};
 use boldstream::pipeline::{Pipeline, PipelineOptions};
@@ -188,21 +188,12 @@ fn config(root: &Path) -> Config {
     ingest.retry_interval = 0.02;
     ingest.poll_interval = 0.05;
     Config {
-        session: SessionConfig {
-            dir: Some(root.join("session")),
-            ..Default::default()
-        },
-        ingest,
-        realign: Default::default(),
-        buffer: Default::default(),
-        glm: Default::default(),
-        decode: Default::default(),
-        console: ConsoleConfig { enabled: false },
         serve: ServeConfig {
             http: Some("127.0.0.1:0".into()),
             stimuli: Some(root.join("stimuli")),
             ..Default::default()
         },
+        ..Config::embedded(ingest, &root.join("session"))
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use boldstream::config::{Config, ConsoleConfig, SessionConfig};
+use boldstream::config::Config;
 use boldstream::ingest::IngestConfig;
 use boldstream::messages::PipelineEvent;
 use boldstream::pipeline::{Pipeline, PipelineOptions};
@@ -149,19 +149,7 @@ fn config(export: &Path, session: &Path) -> Config {
     ingest.volumes_per_run = Some(12);
     ingest.poll_interval = 0.05;
     ingest.retry_interval = 0.02;
-    Config {
-        session: SessionConfig {
-            dir: Some(session.to_path_buf()),
-            ..Default::default()
-        },
-        ingest,
-        realign: Default::default(),
-        buffer: Default::default(),
-        glm: Default::default(),
-        decode: Default::default(),
-        console: ConsoleConfig { enabled: false },
-        serve: Default::default(),
-    }
+    Config::embedded(ingest, session)
 }
 
 #[test]
