@@ -185,6 +185,42 @@ pub struct RealignedVolume {
     pub gain: f64,
 }
 
+/// Milliseconds each step of a volume's path took.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq)]
+pub struct VolumeLatency {
+    /// Decoding the file (the last, successful attempt).
+    pub read_ms: f64,
+    /// Held back by ingest for ordering.
+    pub reorder_ms: f64,
+    /// Waiting in the queue before realign.
+    pub queue_ms: f64,
+    /// Registration and resampling.
+    pub realign_ms: f64,
+    /// File first seen → realigned.
+    pub total_ms: f64,
+}
+
+impl VolumeLatency {
+    /// The steps of `r`, measured from its timestamps.
+    pub fn of(r: &RealignedVolume) -> VolumeLatency {
+        let ms = |later: Instant, earlier: Instant| {
+            later.saturating_duration_since(earlier).as_secs_f64() * 1e3
+        };
+        let t = &r.ingest;
+        let realign_start = r
+            .realigned_at
+            .checked_sub(std::time::Duration::from_secs_f64(r.realign_seconds))
+            .unwrap_or(r.realigned_at);
+        VolumeLatency {
+            read_ms: t.decode_seconds * 1e3,
+            reorder_ms: ms(t.released, t.decoded),
+            queue_ms: ms(realign_start, t.released),
+            realign_ms: r.realign_seconds * 1e3,
+            total_ms: ms(r.realigned_at, t.first_seen),
+        }
+    }
+}
+
 /// What the realign stage sends on: realigned volumes, failures, and every
 /// ingest event that is not a volume, in arrival order.
 #[derive(Debug, Clone)]

@@ -270,29 +270,45 @@ fn stat(path: &Path) -> std::io::Result<Option<FileStat>> {
     }
 }
 
-/// [`nifti::read_volume`], with a panic in the reader turned into an error:
-/// a reader bug met by one odd file must cost that file, not the session.
-fn read_guarded(path: &Path) -> Result<Volume, Failure> {
-    match std::panic::catch_unwind(|| nifti::read_volume(path)) {
+/// Run a file reader (`what` names it in messages), with a panic in the
+/// reader turned into an error: a reader bug met by one odd file must cost
+/// that file, not the session.
+fn guard_reader<T, E: std::fmt::Display>(
+    path: &Path,
+    what: &str,
+    read: impl FnOnce() -> Result<T, E> + std::panic::UnwindSafe,
+    may_be_incomplete: impl Fn(&E) -> bool,
+) -> Result<T, Failure> {
+    match std::panic::catch_unwind(read) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Failure::Decode {
             message: e.to_string(),
-            may_be_incomplete: e.may_be_incomplete(),
+            may_be_incomplete: may_be_incomplete(&e),
         }),
         Err(panic) => {
-            let what = panic
+            let why = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "no message".into());
-            tracing::error!("{}: the NIfTI reader panicked ({what})", path.display());
+            tracing::error!("{}: the {what} reader panicked ({why})", path.display());
             Err(Failure::Decode {
-                message: format!("the NIfTI reader panicked: {what}"),
+                message: format!("the {what} reader panicked: {why}"),
                 // It may have been a partial file that tripped it.
                 may_be_incomplete: true,
             })
         }
     }
+}
+
+/// [`nifti::read_volume`], panics turned into errors.
+fn read_guarded(path: &Path) -> Result<Volume, Failure> {
+    guard_reader(
+        path,
+        "NIfTI",
+        || nifti::read_volume(path),
+        nifti::ReadError::may_be_incomplete,
+    )
 }
 
 /// Most messages taken per loop turn, so that a flood of events cannot

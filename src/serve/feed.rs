@@ -18,11 +18,11 @@
 //! | `notice` | anything the operator should read | text |
 //! | `decoder` | models loaded and warm | graphs, providers, warm-up latency |
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::messages::{IngestEvent, MissingReason, PipelineEvent, RealignedVolume, VolumeKey};
+use crate::messages::{IngestEvent, MissingReason, PipelineEvent, VolumeKey};
 
 /// Which stream a message belongs to (what a client subscribes to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -41,42 +41,7 @@ impl Topic {
     pub const ALL: [Topic; 3] = [Topic::Volume, Topic::Trial, Topic::Run];
 }
 
-/// Milliseconds each step of a volume's path took.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct VolumeLatency {
-    /// Decoding the file (the last, successful attempt).
-    pub read_ms: f64,
-    /// Held back by ingest for ordering.
-    pub reorder_ms: f64,
-    /// Waiting in the queue before realign.
-    pub queue_ms: f64,
-    /// Registration and resampling.
-    pub realign_ms: f64,
-    /// File first seen → realigned.
-    pub total_ms: f64,
-}
-
-impl VolumeLatency {
-    /// The steps of `r`, measured from its timestamps.
-    pub fn of(r: &RealignedVolume) -> VolumeLatency {
-        let t = &r.ingest;
-        let realign_start = r
-            .realigned_at
-            .checked_sub(std::time::Duration::from_secs_f64(r.realign_seconds))
-            .unwrap_or(r.realigned_at);
-        VolumeLatency {
-            read_ms: t.decode_seconds * 1e3,
-            reorder_ms: ms(t.released, t.decoded),
-            queue_ms: ms(realign_start, t.released),
-            realign_ms: r.realign_seconds * 1e3,
-            total_ms: ms(r.realigned_at, t.first_seen),
-        }
-    }
-}
-
-fn ms(later: Instant, earlier: Instant) -> f64 {
-    later.saturating_duration_since(earlier).as_secs_f64() * 1e3
-}
+pub use crate::messages::VolumeLatency;
 
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)

@@ -85,6 +85,25 @@ impl AppendedHeader {
     }
 }
 
+/// The `'shape': (…)` of a .npy header: its text and its dimensions.
+fn parse_shape(header: &str) -> Result<(&str, Vec<usize>), String> {
+    let shape = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .ok_or("no shape in the .npy header")?;
+    let dims = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape ({shape})"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((shape, dims))
+}
+
 /// Parse the header of a file written by [`NpyAppender`] (version 1, a
 /// 128-byte header, 2-D C-order float32/float64); anything else is an error
 /// saying what is wrong.
@@ -111,20 +130,7 @@ pub fn read_appended_header(bytes: &[u8]) -> Result<AppendedHeader, String> {
     if !text.contains("'fortran_order': False") {
         return Err("not C order".into());
     }
-    let shape = text
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .ok_or("no shape in the header")?;
-    let dims: Vec<usize> = shape
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| format!("bad shape ({shape})"))
-        })
-        .collect::<Result<_, _>>()?;
+    let (shape, dims) = parse_shape(text)?;
     match dims.as_slice() {
         [rows, cols] => Ok(AppendedHeader {
             dtype,
@@ -369,20 +375,7 @@ pub fn decode_2d(bytes: &[u8]) -> Result<(Vec<f64>, usize, usize), String> {
             header.trim()
         ));
     };
-    let shape = header
-        .split("'shape': (")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .ok_or("no shape in the .npy header")?;
-    let dims: Vec<usize> = shape
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| format!("bad shape '{shape}'"))
-        })
-        .collect::<Result<_, _>>()?;
+    let (shape, dims) = parse_shape(header)?;
     let (rows, cols) = match dims.as_slice() {
         [n] => (1, *n),
         [r, c] => (*r, *c),

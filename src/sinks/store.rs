@@ -791,10 +791,7 @@ impl SessionStore {
     fn realigned(&mut self, r: &RealignedVolume) -> std::io::Result<()> {
         let now = Instant::now();
         let t = &r.ingest;
-        let realign_start = r
-            .realigned_at
-            .checked_sub(std::time::Duration::from_secs_f64(r.realign_seconds))
-            .unwrap_or(r.realigned_at);
+        let lat = crate::messages::VolumeLatency::of(r);
         let mask_voxels = self.mask_voxels;
         let rf = self.run(r.key.run)?;
         // Created on the first volume: the mask size is known only once the
@@ -864,10 +861,11 @@ impl SessionStore {
             opt(r.fd, 4),
             opt(r.dvars, 3),
             opt(r.dvars_pct, 4),
-            t.decode_seconds * 1e3,
-            ms(t.released, t.decoded),
-            ms(realign_start, t.released),
-            r.realign_seconds * 1e3,
+            lat.read_ms,
+            lat.reorder_ms,
+            lat.queue_ms,
+            lat.realign_ms,
+            // Stored: the file's whole way, up to this row.
             ms(now, t.first_seen),
             t.attempts,
             r.iterations

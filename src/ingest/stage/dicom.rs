@@ -60,27 +60,14 @@ pub(super) struct DicomState {
     described: std::collections::HashSet<u32>,
 }
 
-/// [`dicom::read_file`], with a panic in the reader turned into an error.
+/// [`dicom::read_file`], panics turned into errors.
 fn read_guarded(path: &Path) -> Result<Decoded, Failure> {
-    match std::panic::catch_unwind(|| dicom::read_file(path)) {
-        Ok(Ok(d)) => Ok(d),
-        Ok(Err(e)) => Err(Failure::Decode {
-            message: e.to_string(),
-            may_be_incomplete: e.may_be_incomplete(),
-        }),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
-            tracing::error!("{}: the DICOM reader panicked ({what})", path.display());
-            Err(Failure::Decode {
-                message: format!("the DICOM reader panicked: {what}"),
-                may_be_incomplete: true,
-            })
-        }
-    }
+    super::guard_reader(
+        path,
+        "DICOM",
+        || dicom::read_file(path),
+        dicom::DicomError::may_be_incomplete,
+    )
 }
 
 fn name_of(path: &Path) -> String {
