@@ -13,7 +13,7 @@ use boldstream::events::read_events;
 use boldstream::glm::design::DesignSpec;
 use boldstream::glm::model::{ModelSpec, NoiseModel};
 use boldstream::glm::offline::{parse_hrf, parse_scaling, read_par};
-use boldstream::glm::run::{RunGlm, Schedule};
+use boldstream::glm::run::{NotEstimated, RunGlm, Schedule};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/glm")
@@ -58,7 +58,10 @@ fn npy(path: &Path) -> (Vec<f64>, usize, usize) {
     (values, dims[0], dims[1])
 }
 
-fn check(noise: NoiseModel, name: &str, tol: f64) {
+type Fixture = (RunGlm, Vec<f64>, usize, usize, Vec<[f64; 6]>);
+
+/// The fixture's run model, data and motion.
+fn setup(noise: NoiseModel) -> Fixture {
     let settings: toml::Table = std::fs::read_to_string(dir().join("settings.toml"))
         .unwrap()
         .parse()
@@ -84,7 +87,12 @@ fn check(noise: NoiseModel, name: &str, tol: f64) {
         min_dof: settings["min_dof"].as_integer().unwrap() as usize,
         ..Schedule::default()
     };
-    let mut glm = RunGlm::new(spec, frames, voxels, schedule, &events);
+    let glm = RunGlm::new(spec, frames, voxels, schedule, &events);
+    (glm, data, frames, voxels, motion)
+}
+
+fn check(noise: NoiseModel, name: &str, tol: f64) {
+    let (mut glm, data, frames, voxels, motion) = setup(noise);
     let mut outcomes = Vec::new();
     let mut held: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
     for t in 0..frames {
@@ -152,4 +160,50 @@ fn ols_betas_equal_nilearn() {
 #[test]
 fn ar1_betas_equal_nilearn() {
     check(NoiseModel::Ar1, "ar1", 1e-3);
+}
+
+/// A run cut short reports its unestimated trials with a typed reason (the
+/// stage decides "the run was cut short" from it, not from the message).
+#[test]
+fn a_run_cut_short_says_so_in_a_typed_reason() {
+    let (mut glm, data, frames, voxels, motion) = setup(NoiseModel::Ols);
+    let cut = frames / 2;
+    let mut held: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
+    let mut estimated = 0;
+    for t in 0..cut {
+        let frame: Vec<f32> = data[t * voxels..(t + 1) * voxels]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        held.insert(t, frame);
+        estimated += glm
+            .frame(t, &held[&t], motion[t], false, &held)
+            .iter()
+            .filter(|o| o.result.is_ok())
+            .count();
+    }
+    let left = glm.finish();
+    assert!(
+        estimated > 0 && !left.is_empty(),
+        "{estimated} estimated, {} left",
+        left.len()
+    );
+    for o in &left {
+        match &o.result {
+            Err(NotEstimated::RunEnded {
+                last_frame,
+                trigger,
+                ..
+            }) => {
+                assert_eq!(*last_frame, Some(cut - 1));
+                assert!(*trigger >= cut, "trial {} due at {trigger}", o.trial);
+                let text = o.result.as_ref().unwrap_err().to_string();
+                assert!(
+                    text.contains(&format!("the run ended at frame {}", cut - 1)),
+                    "{text}"
+                );
+            }
+            other => panic!("trial {}: {other:?}", o.trial),
+        }
+    }
 }

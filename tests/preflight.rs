@@ -191,3 +191,33 @@ fn a_folder_holding_a_session_is_announced_as_a_resume_or_refused() {
     let e = err_text(&cfg);
     assert!(e.contains("never"), "{e}");
 }
+
+/// `max_wait` comes from the config file: a negative, zero, `nan` or `inf`
+/// value is refused by name, with or without a model (it used to panic in
+/// `Duration::from_secs_f64` when the decode stage started).
+#[test]
+fn an_unusable_max_wait_is_refused_not_a_panic() {
+    for value in ["-1", "nan", "inf", "0"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = write_config(tmp.path(), &format!("[decode]\nmax_wait = {value}\n"));
+        let text = err_text(&cfg);
+        assert!(text.contains("max_wait"), "{value}: {text}");
+        assert!(
+            text.contains("positive number of seconds"),
+            "{value}: {text}"
+        );
+        let config = boldstream::decode::DecodeConfig {
+            max_wait: Some(value.parse().unwrap()),
+            ..Default::default()
+        };
+        let err = boldstream::decode::DecodeStage::start(&config)
+            .expect_err("the decode stage should refuse it");
+        assert!(err.to_string().contains("max_wait"), "{value}: {err}");
+    }
+    // A good value still starts a pass-through stage.
+    let config = boldstream::decode::DecodeConfig {
+        max_wait: Some(2.5),
+        ..Default::default()
+    };
+    assert!(boldstream::decode::DecodeStage::start(&config).is_ok());
+}

@@ -399,7 +399,7 @@ impl Collected {
                     onset: o.event.onset,
                     beta: est.beta,
                 }),
-                Err(why) => self.skipped.push((run, o.trial, why)),
+                Err(why) => self.skipped.push((run, o.trial, why.to_string())),
             }
         }
     }

@@ -77,6 +77,16 @@ pub enum ModelError {
         /// Voxels in the session mask.
         mask: usize,
     },
+    /// A `[decode]` setting is out of range.
+    #[error("[decode] {key} = {value}: {message}")]
+    Setting {
+        /// The setting.
+        key: &'static str,
+        /// Its value, as given.
+        value: String,
+        /// What it must be.
+        message: &'static str,
+    },
     /// ONNX Runtime could not be loaded or set up.
     #[error(transparent)]
     Runtime(#[from] super::runtime::RuntimeError),

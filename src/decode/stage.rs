@@ -86,6 +86,23 @@ impl DecodeConfig {
         self.model.is_some()
     }
 
+    /// `max_wait` as a duration; anything but a positive finite number of
+    /// seconds is refused (it is read from the config file, so it may be
+    /// `-1`, `nan` or `inf`, which `Duration` would panic on).
+    pub fn max_wait(&self) -> Result<Option<Duration>, ModelError> {
+        let Some(w) = self.max_wait else {
+            return Ok(None);
+        };
+        match Duration::try_from_secs_f64(w) {
+            Ok(d) if w > 0.0 => Ok(Some(d)),
+            _ => Err(ModelError::Setting {
+                key: "max_wait",
+                value: w.to_string(),
+                message: "must be a positive number of seconds",
+            }),
+        }
+    }
+
     /// The ONNX Runtime part.
     pub fn runtime(&self) -> RuntimeConfig {
         RuntimeConfig {
@@ -112,6 +129,7 @@ impl DecodeConfig {
     /// Check what needs no ONNX Runtime: the manifests parse, and the
     /// subject's voxel count equals the mask's when the mask is a file.
     pub fn preflight(&self, mask: Option<&Path>) -> Result<(), ModelError> {
+        self.max_wait()?;
         let Some(model) = &self.model else {
             return Ok(());
         };
@@ -124,12 +142,6 @@ impl DecodeConfig {
         let manifest = super::manifest::ModelManifest::load(model)?;
         let subject = SubjectManifest::load(subject_dir)?;
         subject.check_against(&manifest)?;
-        if self.max_wait.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
-            return Err(ModelError::Manifest {
-                path: model.clone(),
-                message: "[decode] max_wait must be a positive number of seconds".into(),
-            });
-        }
         if let Some(m) = mask.or(subject.mask.as_deref()) {
             let vol = crate::formats::nifti::read_volume(m).map_err(|e| ModelError::Manifest {
                 path: m.to_path_buf(),
@@ -285,7 +297,7 @@ impl DecodeStage {
     /// model folder stops the start, never a run), and start the worker.
     /// With no model configured the stage only passes events through.
     pub fn start(config: &DecodeConfig) -> Result<DecodeStage, ModelError> {
-        let max_wait = config.max_wait.map(Duration::from_secs_f64);
+        let max_wait = config.max_wait()?;
         let scheduler = Scheduler::new(config.policy, config.max_queue, max_wait);
         let Some(Warmed {
             fast,

@@ -9,7 +9,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HrfModel {
-    /// Glover (1999): peak 6 s, undershoot 12 s, dispersion 0.9, ratio 0.48.
+    /// Glover (1999) as nilearn's `glover_hrf` has it: peak 6 s, undershoot
+    /// 12 s, dispersion 0.9, ratio 0.48 (the paper's own ratio is 0.35,
+    /// which the simulator uses on purpose).
     Glover,
     /// SPM's canonical HRF: peak 6 s, undershoot 16 s, dispersion 1, ratio 1/6.
     Spm,

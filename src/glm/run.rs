@@ -56,6 +56,44 @@ struct TrialState {
     last_error: Option<EstimateError>,
 }
 
+/// Why a trial got no beta. Typed, so that "the run ended first" is told
+/// apart from a failed estimate without reading the message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotEstimated {
+    /// The run ended before the trial's estimation frame was reached.
+    RunEnded {
+        /// The last frame received, if any.
+        last_frame: Option<usize>,
+        /// The scheduling delay after onset, seconds.
+        delay: f64,
+        /// Onset + delay, seconds.
+        due_at: f64,
+        /// The frame it was waiting for.
+        trigger: usize,
+    },
+    /// The estimate failed (or never became possible), with the model's reason.
+    Failed(Option<EstimateError>),
+}
+
+impl std::fmt::Display for NotEstimated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotEstimated::RunEnded {
+                last_frame,
+                delay,
+                due_at,
+                trigger,
+            } => write!(
+                f,
+                "not estimated: the run ended at frame {} before onset + {delay:.1} s = {due_at:.1} s (frame {trigger}) was reached",
+                last_frame.map_or_else(|| "none".to_string(), |l| l.to_string()),
+            ),
+            NotEstimated::Failed(Some(e)) => write!(f, "not estimated: {e}"),
+            NotEstimated::Failed(None) => f.write_str("not estimated: no estimate was possible"),
+        }
+    }
+}
+
 /// What happened to one trial.
 #[derive(Debug, Clone)]
 pub struct TrialOutcome {
@@ -66,7 +104,7 @@ pub struct TrialOutcome {
     /// Position of the frame whose arrival made it due.
     pub trigger: usize,
     /// The estimate, or why there is none.
-    pub result: Result<Estimate, String>,
+    pub result: Result<Estimate, NotEstimated>,
     /// Estimated after its planned moment (too few frames at first).
     pub delayed: bool,
     /// Time spent estimating, seconds.
@@ -217,7 +255,7 @@ impl RunGlm {
                         trial: k,
                         event: self.trials[k].event.clone(),
                         trigger: self.trials[k].trigger,
-                        result: Err(e.to_string()),
+                        result: Err(NotEstimated::Failed(Some(e))),
                         delayed: false,
                         compute_seconds: start.elapsed().as_secs_f64(),
                         last_position: self.model.last_position(),
@@ -267,20 +305,14 @@ impl RunGlm {
             let t = &self.trials[k];
             let due_at = t.event.onset + self.schedule.delay;
             let reason = if t.trigger >= self.next {
-                format!(
-                    "not estimated: the run ended at frame {} before onset + {:.1} s = {:.1} s (frame {}) was reached",
-                    last.map_or_else(|| "none".to_string(), |l| l.to_string()),
-                    self.schedule.delay,
+                NotEstimated::RunEnded {
+                    last_frame: last,
+                    delay: self.schedule.delay,
                     due_at,
-                    t.trigger
-                )
+                    trigger: t.trigger,
+                }
             } else {
-                format!(
-                    "not estimated: {}",
-                    t.last_error
-                        .as_ref()
-                        .map_or_else(|| "no estimate was possible".to_string(), |e| e.to_string())
-                )
+                NotEstimated::Failed(t.last_error.clone())
             };
             out.push(TrialOutcome {
                 trial: k,

@@ -18,7 +18,7 @@ use super::feedback::{self, FeedbackConfig, Series};
 use super::hrf::HrfModel;
 use super::model::{ModelSpec, NoiseModel, SignalScaling};
 use super::normalize::{Normalizer, read_stats};
-use super::run::{RingView, RunGlm, Schedule, TrialOutcome};
+use super::run::{NotEstimated, RingView, RunGlm, Schedule, TrialOutcome};
 use crate::buffer::{BufferConfig, RunBuffers};
 use crate::events::{Event, read_events};
 use crate::live::LiveEvent;
@@ -404,7 +404,7 @@ impl GlmStage {
                         run,
                         trial: o.trial,
                         event: o.event,
-                        reason,
+                        reason: reason.to_string(),
                     });
                 }
             }
@@ -556,12 +556,10 @@ impl GlmStage {
             self.open_run = None;
         }
         let outcomes = state.glm.as_mut().map(RunGlm::finish).unwrap_or_default();
-        let cut_short = outcomes.iter().any(|o| {
-            o.result
-                .as_ref()
-                .err()
-                .is_some_and(|r| r.contains("run ended"))
-        }) || self.volumes_per_run.is_some_and(|v| state.reached < v);
+        let cut_short = outcomes
+            .iter()
+            .any(|o| matches!(o.result, Err(NotEstimated::RunEnded { .. })))
+            || self.volumes_per_run.is_some_and(|v| state.reached < v);
         self.runs.insert(
             run,
             RunState {

@@ -5,11 +5,21 @@
 //! amplitude: each event, taken alone, peaks at exactly 1; overlapping
 //! events add linearly.
 //!
-//! The HRF is the difference of gammas nilearn's `glover_hrf` uses (peak
-//! delay 6 s, undershoot 12 s, dispersions 0.9, ratio 0.35), evaluated as a
-//! continuous function; a boxcar event is the integral of it over the event.
+//! The HRF is Glover (1999)'s difference of gammas with the paper's own
+//! undershoot ratio, [`GLOVER_1999_RATIO`] = 0.35 (peak delay 6 s,
+//! undershoot 12 s, dispersions 0.9), evaluated as a continuous function; a
+//! boxcar event is the integral of it over the event.
+//!
+//! This is deliberately *not* the analysis model: nilearn's `glover_hrf`,
+//! which the GLM uses ([`crate::glm::hrf`]), takes ratio 0.48. Simulating
+//! with the paper's kernel keeps the simulated brain from matching the
+//! estimator's assumption exactly, as no real brain does; the demo's and
+//! the tests' figures are made with it.
 
 use super::events::Event;
+
+/// The undershoot ratio of Glover (1999), eq. 3 (nilearn uses 0.48).
+pub const GLOVER_1999_RATIO: f64 = 0.35;
 
 /// Length of the HRF support in seconds (nilearn's `time_length`).
 pub const HRF_LENGTH_S: f64 = 32.0;
@@ -55,7 +65,7 @@ pub fn glover(t: f64) -> f64 {
     if !(0.0..=HRF_LENGTH_S).contains(&t) {
         return 0.0;
     }
-    gamma_pdf(t, 6.0 / 0.9, 0.9) - 0.35 * gamma_pdf(t, 12.0 / 0.9, 0.9)
+    gamma_pdf(t, 6.0 / 0.9, 0.9) - GLOVER_1999_RATIO * gamma_pdf(t, 12.0 / 0.9, 0.9)
 }
 
 /// The HRF with its running integral tabulated, for boxcar responses.

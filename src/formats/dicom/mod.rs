@@ -373,6 +373,11 @@ pub(crate) fn private_block(o: &InMemDicomObject, group: u16, creator: &str) -> 
 /// of a DT (`YYYYMMDDHHMMSS.frac`).
 pub(crate) fn seconds_of_day(s: &str) -> Option<f64> {
     let s = s.trim();
+    // Byte offsets below are only char boundaries in ASCII; a header may
+    // hold anything (a non-ASCII date-time used to panic here).
+    if !s.is_ascii() {
+        return None;
+    }
     let t = if s.len() >= 14 && s.find('.').is_none_or(|d| d >= 14) {
         &s[8..]
     } else {
@@ -746,5 +751,15 @@ mod tests {
         );
         assert_eq!(seconds_of_day("1209"), Some(12.0 * 3600.0 + 9.0 * 60.0));
         assert_eq!(seconds_of_day("xx"), None);
+        // Non-ASCII where the digits should be: no time, no panic, wherever
+        // the multi-byte character falls (byte 8 is where the time starts).
+        for bad in [
+            "2022071é120905.225",
+            "20220711é20905.22",
+            "1247é0.3",
+            "éééééééééééééé",
+        ] {
+            assert_eq!(seconds_of_day(bad), None, "{bad}");
+        }
     }
 }
