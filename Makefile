@@ -15,7 +15,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: demo test bench parity-venv ort ort-gpu browser-deps clean
+.PHONY: demo test bench parity-venv parity-ci ort ort-gpu browser-deps clean
 
 ORT_VERSION := 1.31.1
 ORT_STAMP := $(VENV)/.onnxruntime-$(ORT_VERSION)
@@ -23,7 +23,7 @@ ORT_STAMP := $(VENV)/.onnxruntime-$(ORT_VERSION)
 demo: ort
 	$(CARGO) run --release --quiet -- demo
 
-test: ort browser-deps
+test: ort browser-deps parity-ci
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) test --release
@@ -67,6 +67,13 @@ ort-gpu: $(VENV)/bin/python
 	$(VENV)/bin/pip uninstall --quiet -y onnxruntime || true
 	$(VENV)/bin/pip install --quiet --no-deps onnxruntime-gpu==$(ORT_VERSION)
 	touch $(ORT_STAMP)
+
+# numpy, pandas and nilearn for the parity tests CI runs (tests/bids_sink.rs).
+$(VENV)/.parity-ci: $(VENV)/bin/python tests/parity/requirements-ci.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/parity/requirements-ci.txt
+	touch $@
+
+parity-ci: $(VENV)/.parity-ci
 
 $(VENV)/.parity: $(VENV)/bin/python tests/parity/requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/parity/requirements.txt

@@ -33,4 +33,5 @@ pub mod serve;
 pub mod service;
 pub mod simulate;
 pub mod sinks;
+pub mod stage;
 pub mod volume;

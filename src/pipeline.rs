@@ -18,10 +18,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::buffer::RunBuffers;
 use crate::config::Config;
@@ -32,8 +31,10 @@ use crate::live::{LiveEvent, LiveListener};
 use crate::messages::{IngestEvent, PipelineEvent};
 use crate::realign::Realigner;
 use crate::resume::Resume;
+use crate::sinks::bids::BidsConfounds;
 use crate::sinks::console::Console;
 use crate::sinks::store::SessionStore;
+use crate::stage::{self, Delivery, Inlet, Outlet, Sinks, Stage, Tally};
 
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,26 +74,16 @@ pub enum PipelineError {
     #[error("resume: {0}")]
     Resume(#[from] crate::resume::ResumeError),
     /// A stage thread could not be spawned.
-    #[error("could not start the {0} thread: {1}")]
-    Thread(&'static str, std::io::Error),
+    #[error(transparent)]
+    Thread(#[from] crate::stage::SpawnError),
 }
 
 /// Channel capacities: volumes in flight between stages. Generous, because a
 /// full channel means waiting, and waiting means latency, never loss.
 const INGEST_QUEUE: usize = 64;
-const SINK_QUEUE: usize = 256;
-
-enum Delivery {
-    Reliable,
-    Lossy,
-}
-
-struct Outlet {
-    name: &'static str,
-    tx: Sender<Arc<PipelineEvent>>,
-    delivery: Delivery,
-    dropped: u64,
-}
+const REALIGN_QUEUE: usize = 64;
+const DECODE_QUEUE: usize = 64;
+const LIVE_QUEUE: usize = 1024;
 
 /// Extra outputs for embedding the pipeline (tests, the demo).
 #[derive(Default)]
@@ -134,84 +125,14 @@ pub struct PipelineSummary {
 pub struct Pipeline {
     ingest: Option<IngestHandle>,
     realign: Option<JoinHandle<()>>,
-    sinks: Vec<(&'static str, JoinHandle<u64>)>,
     glm: Option<JoinHandle<RunBuffers>>,
     decode: Option<JoinHandle<()>>,
+    sinks: Vec<(&'static str, JoinHandle<u64>)>,
     live: Option<LiveListener>,
     serve: Option<crate::serve::Serve>,
     heartbeats: Receiver<std::time::Instant>,
-    counts: Arc<Counts>,
+    tally: Arc<Tally>,
     session_dir: PathBuf,
-}
-
-#[derive(Default)]
-struct Counts {
-    realigned: AtomicU64,
-    failed: AtomicU64,
-    betas: AtomicU64,
-    skipped: AtomicU64,
-    decoded: AtomicU64,
-    reconstructed: AtomicU64,
-    decode_skipped: AtomicU64,
-}
-
-const REALIGN_QUEUE: usize = 64;
-const DECODE_QUEUE: usize = 64;
-
-fn spawn_named<T: Send + 'static>(
-    name: &'static str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<JoinHandle<T>, PipelineError> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(f)
-        .map_err(|e| PipelineError::Thread(name, e))
-}
-
-fn fan_out(outlets: &mut [Outlet], observers: &[Sender<PipelineEvent>], event: PipelineEvent) {
-    for o in observers {
-        // A dropped observer is simply gone; nothing to wait for.
-        let _ = o.send(event.clone());
-    }
-    let event = Arc::new(event);
-    for o in outlets.iter_mut() {
-        match o.tx.try_send(event.clone()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(ev)) => match o.delivery {
-                Delivery::Reliable => {
-                    tracing::warn!("the {} sink is behind; realign waits for it", o.name);
-                    let _ = o.tx.send(ev);
-                }
-                Delivery::Lossy => {
-                    o.dropped += 1;
-                    if o.dropped.is_power_of_two() {
-                        tracing::warn!(
-                            "the {} sink is behind; {} events dropped so far",
-                            o.name,
-                            o.dropped
-                        );
-                    }
-                }
-            },
-            Err(TrySendError::Disconnected(_)) => {}
-        }
-    }
-}
-
-/// Run `handle` on every event from `rx`; count its errors.
-fn sink_loop<E: std::fmt::Display>(
-    name: &'static str,
-    rx: Receiver<Arc<PipelineEvent>>,
-    mut handle: impl FnMut(&PipelineEvent) -> Result<(), E>,
-) -> u64 {
-    let mut errors = 0u64;
-    for ev in rx {
-        if let Err(e) = handle(&ev) {
-            errors += 1;
-            tracing::error!("{name} sink: {e}");
-        }
-    }
-    errors
 }
 
 impl Pipeline {
@@ -330,248 +251,152 @@ impl Pipeline {
     ) -> Result<Pipeline, PipelineError> {
         Pipeline::preflight(config)?;
         let session_dir = config.session_dir();
+        let resume = Resume::prepare(&session_dir, config, config_text)?;
+        let (realigner, glm, decode, store) =
+            Pipeline::prepare(config, config_text, resume.as_ref())?;
+
+        // Sinks, at the end of the line.
         let session_err = |source| PipelineError::Session {
             path: session_dir.clone(),
             source,
         };
-        let resume = Resume::prepare(&session_dir, config, config_text)?;
+        let mut sinks = Sinks::new(DecodeStage::NAME);
+        sinks.add(store)?;
+        sinks.add(BidsConfounds::for_session(&session_dir).map_err(session_err)?)?;
+        if let Some(out) = options.console.take().or_else(|| {
+            config
+                .console
+                .enabled
+                .then(|| Box::new(std::io::stdout()) as Box<dyn Write + Send>)
+        }) {
+            sinks.add(Console::new(out, config.realign.fd_threshold_mm))?;
+        }
+        let (serve, hub, hub_requests) = crate::serve::Serve::start(
+            &config.serve,
+            &session_dir,
+            config.realign.fd_threshold_mm,
+        )?;
+        sinks.add_serving(hub, hub_requests)?;
+        for observer in std::mem::take(&mut options.observers) {
+            sinks.observe(observer);
+        }
+        let (heartbeat_tx, heartbeats) = bounded(16);
+        let (to_sinks, sinks) = sinks.into_parts(heartbeat_tx);
+        let tally = to_sinks.tally();
+
+        // ingest ─▶ realign ─▶ glm (+ live trials) ─▶ decode (+ worker results) ─▶ sinks
+        let (ingest_tx, ingest_rx) = bounded::<IngestEvent>(INGEST_QUEUE);
+        let (glm_tx, glm_rx) = bounded::<PipelineEvent>(REALIGN_QUEUE);
+        let (decode_tx, decode_rx) = bounded::<PipelineEvent>(DECODE_QUEUE);
+        let (live_tx, live_rx) = bounded::<LiveEvent>(LIVE_QUEUE);
+        let results = decode.results();
+        let decode = stage::spawn(decode, Inlet::new(decode_rx).and(results), to_sinks)?;
+        let live = Pipeline::listen(config, live_tx)?;
+        let glm = stage::spawn(
+            glm,
+            Inlet::new(glm_rx).and(live_rx),
+            Outlet::new(GlmStage::NAME).to(DecodeStage::NAME, decode_tx, Delivery::Reliable),
+        )?;
+        let realign = stage::spawn(
+            realigner,
+            Inlet::new(ingest_rx),
+            Outlet::new(Realigner::NAME).to(GlmStage::NAME, glm_tx, Delivery::Reliable),
+        )?;
+        // Ingest starts last: everything downstream is ready for its first event.
+        let mut ingest_config = config.ingest.clone();
+        if ingest_config.quarantine_dir.is_none() {
+            ingest_config.quarantine_dir = Some(session_dir.join("quarantine"));
+        }
+        let resumed_runs = resume.as_ref().map(Resume::ingest).unwrap_or_default();
+        let ingest = ingest::spawn_resumed(ingest_config, ingest_tx, resumed_runs)?;
+        Ok(Pipeline {
+            ingest: Some(ingest),
+            realign: Some(realign),
+            glm: Some(glm),
+            decode: Some(decode),
+            sinks,
+            live,
+            serve: Some(serve),
+            heartbeats,
+            tally,
+            session_dir,
+        })
+    }
+
+    /// The stages and the store, set up: realign (continued from the stored
+    /// reference when resuming), the GLM (its state rebuilt from the store
+    /// when resuming, with what the store lacks queued to go downstream
+    /// first), the decoder (models loaded and warmed up before the session
+    /// folder exists: a bad model folder stops the start, never a run), and
+    /// the session store.
+    fn prepare(
+        config: &Config,
+        config_text: &str,
+        resume: Option<&Resume>,
+    ) -> Result<(Realigner, GlmStage, DecodeStage, SessionStore), PipelineError> {
+        let session_dir = config.session_dir();
+        let session_err = |source| PipelineError::Session {
+            path: session_dir.clone(),
+            source,
+        };
         let realign_config = Pipeline::realign_config(config)?;
         let reference_first = realign_config.reference.is_some();
         // Only a stored reference is announced by the replay; one set now
         // is announced by realign, as in any session.
-        let (mut realigner, stored_reference) =
-            match resume.as_ref().map(Resume::realign).transpose()?.flatten() {
-                Some(state) => (Realigner::resume(realign_config, state)?, true),
-                None => (Realigner::new(realign_config)?, false),
-            };
+        let (realigner, stored_reference) = match resume.map(Resume::realign).transpose()?.flatten()
+        {
+            Some(state) => (Realigner::resume(realign_config, state)?, true),
+            None => (Realigner::new(realign_config)?, false),
+        };
         let mut glm = GlmStage::new(
             Pipeline::glm_config(config)?,
             config.buffer.clone(),
             config.ingest.volumes_per_run,
         )
         .map_err(PipelineError::Glm)?;
-        // Models load and warm up before the session folder exists: a bad
-        // model folder stops the start, never a run.
-        let mut decode = DecodeStage::start(&config.decode)?;
-        let mut store = match &resume {
+        let decode = DecodeStage::start(&config.decode)?;
+        let mut store = match resume {
             Some(r) => SessionStore::reopen(&session_dir, r.recorded()),
             None => SessionStore::create(&session_dir, config_text),
         }
         .map_err(session_err)?;
-        // The GLM's state is rebuilt before any new volume reaches it; what
-        // the store lacks goes downstream first.
-        let mut resumed_outputs = Vec::new();
-        if let Some(r) = &resume {
+        if let Some(r) = resume {
             tracing::warn!(
                 "resuming session {}: {}",
                 session_dir.display(),
                 r.summary()
             );
             store.note("resumed", &r.summary()).map_err(session_err)?;
-            resumed_outputs = r.replay(
+            let outputs = r.replay(
                 &mut glm,
                 realigner.reference_ready().filter(|_| stored_reference),
                 reference_first,
                 decode.outputs(),
             )?;
+            glm.send_first(outputs);
             if config.glm.live_events.is_some() {
                 tracing::warn!(
                     "live trials received before the restart are not replayed: betas already stored are kept; trials of the run in progress that were not yet estimated are lost"
                 );
             }
         }
+        Ok((realigner, glm, decode, store))
+    }
 
-        let mut outlets = Vec::new();
-        let mut sinks = Vec::new();
-
-        let (tx, rx) = bounded(SINK_QUEUE);
-        outlets.push(Outlet {
-            name: "store",
-            tx,
-            delivery: Delivery::Reliable,
-            dropped: 0,
-        });
-        sinks.push((
-            "store",
-            spawn_named("store", move || {
-                sink_loop("store", rx, |ev| store.handle(ev))
-            })?,
-        ));
-
-        let console_out: Option<Box<dyn Write + Send>> = match options.console.take() {
-            Some(w) => Some(w),
-            None if config.console.enabled => Some(Box::new(std::io::stdout())),
-            None => None,
+    /// The live-events listener, when configured.
+    fn listen(
+        config: &Config,
+        live_tx: Sender<LiveEvent>,
+    ) -> Result<Option<LiveListener>, PipelineError> {
+        let Some(addr) = &config.glm.live_events else {
+            return Ok(None);
         };
-        if let Some(out) = console_out {
-            let (tx, rx) = bounded(SINK_QUEUE);
-            outlets.push(Outlet {
-                name: "console",
-                tx,
-                delivery: Delivery::Lossy,
-                dropped: 0,
-            });
-            let mut console = Console::new(out, config.realign.fd_threshold_mm);
-            sinks.push((
-                "console",
-                spawn_named("console", move || {
-                    sink_loop("console", rx, |ev| console.handle(ev))
-                })?,
-            ));
-        }
-
-        // The hub feeds the dashboard, the feedback protocol and the
-        // result files; reliable because result files must not be lost (the
-        // hub itself never waits for a client).
-        let (serve, hub, hub_requests) = crate::serve::Serve::start(
-            &config.serve,
-            &session_dir,
-            config.realign.fd_threshold_mm,
-        )?;
-        {
-            let (tx, rx) = bounded(SINK_QUEUE);
-            outlets.push(Outlet {
-                name: "serve",
-                tx,
-                delivery: Delivery::Reliable,
-                dropped: 0,
-            });
-            sinks.push((
-                "serve",
-                spawn_named("serve", move || hub.run(rx, hub_requests))?,
-            ));
-        }
-
-        let mut ingest_config = config.ingest.clone();
-        if ingest_config.quarantine_dir.is_none() {
-            ingest_config.quarantine_dir = Some(session_dir.join("quarantine"));
-        }
-        let (ingest_tx, ingest_rx) = bounded::<IngestEvent>(INGEST_QUEUE);
-
-        let counts = Arc::new(Counts::default());
-        let (realign_tx, realign_rx) = bounded::<PipelineEvent>(REALIGN_QUEUE);
-        let realign = spawn_named("realign", move || {
-            for ev in ingest_rx {
-                realigner.handle(ev, &mut |out| match realign_tx.try_send(out) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(out)) => {
-                        tracing::warn!("the GLM stage is behind; realign waits for it");
-                        let _ = realign_tx.send(out);
-                    }
-                    Err(TrySendError::Disconnected(_)) => {}
-                });
-            }
-            // Dropping realign_tx ends the GLM stage's input.
-        })?;
-
-        let (live_tx, live_rx) = bounded::<LiveEvent>(1024);
-        let live =
-            match &config.glm.live_events {
-                Some(addr) => Some(LiveListener::start(addr, live_tx).map_err(|source| {
-                    PipelineError::Live {
-                        addr: addr.clone(),
-                        source,
-                    }
-                })?),
-                None => {
-                    drop(live_tx);
-                    None
-                }
-            };
-        let observers = std::mem::take(&mut options.observers);
-        let c = counts.clone();
-        let (heartbeat_tx, heartbeats) = bounded::<std::time::Instant>(16);
-        let (decode_tx, decode_rx) = bounded::<PipelineEvent>(DECODE_QUEUE);
-        let decode_thread = spawn_named("decode", move || {
-            let mut emit = |out: PipelineEvent| {
-                if let PipelineEvent::Ingest(IngestEvent::Heartbeat(sent)) = out {
-                    // The end of the line: every stage passed it on. Nobody
-                    // listening (no service manager) is fine.
-                    let _ = heartbeat_tx.try_send(sent);
-                    return;
-                }
-                let counter = match &out {
-                    PipelineEvent::Realigned(_) => Some(&c.realigned),
-                    PipelineEvent::RealignFailed { .. } => Some(&c.failed),
-                    PipelineEvent::Beta(_) => Some(&c.betas),
-                    PipelineEvent::TrialSkipped { .. } => Some(&c.skipped),
-                    PipelineEvent::Decoded(_) => Some(&c.decoded),
-                    PipelineEvent::Reconstructed(_) => Some(&c.reconstructed),
-                    PipelineEvent::DecodeSkipped { .. } => Some(&c.decode_skipped),
-                    _ => None,
-                };
-                if let Some(counter) = counter {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                fan_out(&mut outlets, &observers, out);
-            };
-            decode.announce(&mut emit);
-            let results = decode.results();
-            loop {
-                crossbeam_channel::select! {
-                    recv(decode_rx) -> ev => match ev {
-                        Ok(ev) => decode.handle(ev, &mut emit),
-                        Err(_) => break,
-                    },
-                    recv(results) -> done => {
-                        if let Ok(done) = done {
-                            decode.done(done, &mut emit);
-                        }
-                    },
-                }
-            }
-            decode.finish(&mut emit);
-            // Dropping the outlets closes the sinks' channels: they drain and end.
-        })?;
-        let glm = spawn_named("glm", move || {
-            let mut emit = |out: PipelineEvent| match decode_tx.try_send(out) {
-                Ok(()) => {}
-                Err(TrySendError::Full(out)) => {
-                    tracing::warn!("the decode stage is behind; the GLM waits for it");
-                    let _ = decode_tx.send(out);
-                }
-                Err(TrySendError::Disconnected(_)) => {}
-            };
-            for out in resumed_outputs {
-                emit(out);
-            }
-            let mut live_open = true;
-            loop {
-                let live = if live_open {
-                    live_rx.clone()
-                } else {
-                    crossbeam_channel::never()
-                };
-                crossbeam_channel::select! {
-                    recv(realign_rx) -> ev => match ev {
-                        Ok(ev) => glm.handle(ev, &mut emit),
-                        Err(_) => break,
-                    },
-                    recv(live) -> le => match le {
-                        Ok(le) => glm.live(le, &mut emit),
-                        Err(_) => live_open = false,
-                    },
-                }
-            }
-            // Dropping decode_tx ends the decode stage's input.
-            glm.into_buffers()
-        })?;
-
-        // Ingest starts last: everything downstream is ready for its first event.
-        let resumed_runs = resume.as_ref().map(Resume::ingest).unwrap_or_default();
-        let ingest = ingest::spawn_resumed(ingest_config, ingest_tx, resumed_runs)?;
-        Ok(Pipeline {
-            ingest: Some(ingest),
-            realign: Some(realign),
-            sinks,
-            glm: Some(glm),
-            decode: Some(decode_thread),
-            live,
-            serve: Some(serve),
-            heartbeats,
-            counts,
-            session_dir,
-        })
+        LiveListener::start(addr, live_tx)
+            .map(Some)
+            .map_err(|source| PipelineError::Live {
+                addr: addr.clone(),
+                source,
+            })
     }
 
     /// The session folder.
@@ -659,16 +484,17 @@ impl Pipeline {
         if let Some(s) = self.serve.take() {
             s.stop();
         }
+        let n = |kind| self.tally.get(kind);
         PipelineSummary {
             ingest,
             buffers,
-            realigned: self.counts.realigned.load(Ordering::Relaxed),
-            betas: self.counts.betas.load(Ordering::Relaxed),
-            trials_skipped: self.counts.skipped.load(Ordering::Relaxed),
-            decoded: self.counts.decoded.load(Ordering::Relaxed),
-            reconstructed: self.counts.reconstructed.load(Ordering::Relaxed),
-            decode_skipped: self.counts.decode_skipped.load(Ordering::Relaxed),
-            realign_failed: self.counts.failed.load(Ordering::Relaxed),
+            realigned: n("realigned"),
+            betas: n("beta"),
+            trials_skipped: n("trial_skipped"),
+            decoded: n("decoded"),
+            reconstructed: n("reconstructed"),
+            decode_skipped: n("decode_skipped"),
+            realign_failed: n("realign_failed"),
             store_errors,
             session_dir: self.session_dir.clone(),
         }

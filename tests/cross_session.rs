@@ -16,6 +16,7 @@ use boldstream::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey
 use boldstream::realign::register::{Registration, RegistrationOptions};
 use boldstream::realign::{CrossSession, RealignConfig, Realigner, register_across_sessions};
 use boldstream::simulate::{MotionModel, MotionSpec, SynthSeries, SynthSpec};
+use boldstream::stage::Stage;
 use boldstream::volume::Volume;
 use nalgebra::Matrix4;
 

@@ -13,6 +13,7 @@ use boldstream::decode::runtime::{DeviceChoice, Runtime, RuntimeConfig, RuntimeE
 use boldstream::decode::schedule::ReconPolicy;
 use boldstream::decode::{DecodeConfig, DecodeStage};
 use boldstream::messages::{PipelineEvent, TrialBeta, VolumeKey};
+use boldstream::stage::{Delivery, Outlet};
 
 fn demo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("onnx/demo")
@@ -547,14 +548,18 @@ fn policy_run(policy: ReconPolicy, max_queue: usize) -> (Vec<usize>, Vec<(usize,
     };
     let mut stage = DecodeStage::start(&config).unwrap();
     let (betas, _, v) = npy(&demo().join("subject-sim01/test_betas.npy"));
-    let mut events = Vec::new();
-    let mut emit = |e: PipelineEvent| events.push(e);
+    // Through an outlet, as in the pipeline: its tally is the one count.
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut outlet = Outlet::new("decode").to("test", tx, Delivery::Reliable);
+    let counts = outlet.tally();
+    let mut emit = |e: PipelineEvent| outlet.send(e);
     stage.announce(&mut emit);
     for t in 1..=5 {
         let b = beta(1, t, &betas[t * v..(t + 1) * v], "x");
         stage.handle(PipelineEvent::Beta(Box::new(b)), &mut emit);
     }
-    let counts = stage.finish(&mut emit);
+    stage.finish(&mut emit);
+    let events: Vec<PipelineEvent> = rx.try_iter().collect();
     let mut decoded = 0;
     let mut recon = Vec::new();
     let mut skipped = Vec::new();
@@ -590,8 +595,8 @@ fn policy_run(policy: ReconPolicy, max_queue: usize) -> (Vec<usize>, Vec<(usize,
         5,
         "every trial is reconstructed or reported"
     );
-    assert_eq!(counts.reconstructed as usize, recon.len());
-    assert_eq!(counts.skipped as usize, skipped.len());
+    assert_eq!(counts.get("reconstructed") as usize, recon.len());
+    assert_eq!(counts.get("decode_skipped") as usize, skipped.len());
     (recon, skipped)
 }
 

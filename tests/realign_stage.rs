@@ -12,6 +12,7 @@ use boldstream::realign::transform::ref_to_volume_from_par;
 use boldstream::realign::{RealignConfig, Realigner};
 use boldstream::simulate::motion::MotionModel;
 use boldstream::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::stage::Stage;
 use boldstream::volume::Volume;
 use nalgebra::Matrix4;
 

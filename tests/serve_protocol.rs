@@ -1165,23 +1165,16 @@ fn a_decoding_session_reaches_subscribers_requests_datagrams_and_result_files() 
     assert!(!files.iter().any(|f| f.contains(".tmp")), "{files:?}");
 }
 
-/// The README's Python client, run against the daemon. Needs `python3`
+/// The example Python client (`examples/boldstream_client.py`, the one
+/// docs/protocol.md points to), run against the daemon. Needs `python3`
 /// (or `$PYTHON`): `cargo test --release --test serve_protocol --
 /// --ignored`.
 #[test]
-#[ignore = "runs python3 (the README's client)"]
+#[ignore = "runs python3 (examples/boldstream_client.py)"]
 fn the_readme_python_client_follows_a_session() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let after = readme
-        .split_once("<!-- feedback-client.py")
-        .expect("the client's marker in README.md")
-        .1;
-    let code = after
-        .split_once("```python\n")
-        .and_then(|(_, rest)| rest.split_once("\n```"))
-        .expect("a python block after the marker")
-        .0;
+    let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/boldstream_client.py");
+    let code =
+        std::fs::read_to_string(&client).unwrap_or_else(|e| panic!("{}: {e}", client.display()));
     let tmp = tempfile::tempdir().unwrap();
     let script = tmp.path().join("boldstream_client.py");
     std::fs::write(&script, code).unwrap();

@@ -32,6 +32,7 @@ use crate::glm::stage::GlmConfig;
 use crate::mask::SessionMask;
 use crate::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
 use crate::realign::{RealignConfig, Realigner};
+use crate::stage::Stage;
 use crate::volume::Volume;
 
 /// Why calibration failed. Every message names the file or the step.

@@ -189,17 +189,6 @@ struct Worker {
     handle: Option<JoinHandle<()>>,
 }
 
-/// Counters for the summary.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DecodeCounts {
-    /// Fast decodes emitted.
-    pub decoded: u64,
-    /// Reconstructions emitted.
-    pub reconstructed: u64,
-    /// Trials not decoded or not reconstructed (each reported).
-    pub skipped: u64,
-}
-
 /// The stage.
 pub struct DecodeStage {
     fast: Option<FastPath>,
@@ -209,14 +198,12 @@ pub struct DecodeStage {
     decode_warmup: bool,
     report: Option<DecoderReport>,
     notices: Vec<String>,
-    counts: DecodeCounts,
 }
 
 impl std::fmt::Debug for DecodeStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecodeStage")
             .field("enabled", &self.fast.is_some())
-            .field("counts", &self.counts)
             .finish()
     }
 }
@@ -314,7 +301,6 @@ impl DecodeStage {
                 decode_warmup: config.decode_warmup,
                 report: None,
                 notices: Vec::new(),
-                counts: DecodeCounts::default(),
             });
         };
         let worker = match recon {
@@ -360,7 +346,6 @@ impl DecodeStage {
             decode_warmup: config.decode_warmup,
             report: Some(report),
             notices,
-            counts: DecodeCounts::default(),
         })
     }
 
@@ -382,11 +367,6 @@ impl DecodeStage {
         }
     }
 
-    /// Counters so far.
-    pub fn counts(&self) -> DecodeCounts {
-        self.counts
-    }
-
     /// Announce the models (call once, first).
     pub fn announce(&mut self, emit: &mut dyn FnMut(PipelineEvent)) {
         for n in self.notices.drain(..) {
@@ -404,7 +384,6 @@ impl DecodeStage {
         reason: String,
         emit: &mut dyn FnMut(PipelineEvent),
     ) {
-        self.counts.skipped += 1;
         emit(PipelineEvent::DecodeSkipped {
             run: b.run,
             trial: b.trial,
@@ -483,7 +462,6 @@ impl DecodeStage {
                 .map(|t| now.saturating_duration_since(t).as_secs_f64()),
             nonfinite_voxels: out.nonfinite_voxels,
         };
-        self.counts.decoded += 1;
         emit(PipelineEvent::Decoded(Box::new(decoded)));
         if self.worker.is_some() {
             let job = Job {
@@ -506,7 +484,6 @@ impl DecodeStage {
         emit: &mut dyn FnMut(PipelineEvent),
     ) {
         for (job, why) in dropped {
-            self.counts.skipped += 1;
             tracing::warn!(
                 "reconstruction of run {} trial {} dropped: {why}",
                 job.run,
@@ -529,7 +506,6 @@ impl DecodeStage {
             if let Some(Err(crossbeam_channel::SendError(job))) = sent {
                 // The worker is gone (it panicked); say so for this trial and
                 // every later one rather than waiting for it forever.
-                self.counts.skipped += 1;
                 self.scheduler.finished(Instant::now());
                 emit(PipelineEvent::DecodeSkipped {
                     run: job.run,
@@ -552,7 +528,6 @@ impl DecodeStage {
         } = d;
         match result {
             Ok(r) => {
-                self.counts.reconstructed += 1;
                 let seconds = r.wall_seconds;
                 emit(PipelineEvent::Reconstructed(Box::new(TrialReconstructed {
                     run: job.run,
@@ -576,7 +551,6 @@ impl DecodeStage {
                 })));
             }
             Err(e) => {
-                self.counts.skipped += 1;
                 tracing::error!("reconstruction of run {} trial {}: {e}", job.run, job.trial);
                 emit(PipelineEvent::DecodeSkipped {
                     run: job.run,
@@ -593,7 +567,7 @@ impl DecodeStage {
 
     /// The input ended: finish every reconstruction still due (nothing
     /// queued is lost at shutdown), then stop the worker.
-    pub fn finish(&mut self, emit: &mut dyn FnMut(PipelineEvent)) -> DecodeCounts {
+    pub fn finish(&mut self, emit: &mut dyn FnMut(PipelineEvent)) {
         let done_rx = self.results();
         while self.scheduler.busy() {
             match done_rx.recv() {
@@ -609,6 +583,48 @@ impl DecodeStage {
                 tracing::error!("the reconstruction worker panicked");
             }
         }
-        self.counts
+    }
+}
+
+/// The decode stage's inputs: betas (and everything else) from the GLM,
+/// and the reconstruction worker's results.
+pub enum DecodeInput {
+    /// From the GLM.
+    Event(PipelineEvent),
+    /// A reconstruction finished.
+    Done(Done),
+}
+
+impl From<PipelineEvent> for DecodeInput {
+    fn from(e: PipelineEvent) -> Self {
+        DecodeInput::Event(e)
+    }
+}
+
+impl From<Done> for DecodeInput {
+    fn from(d: Done) -> Self {
+        DecodeInput::Done(d)
+    }
+}
+
+impl crate::stage::Stage for DecodeStage {
+    type Input = DecodeInput;
+    type Output = PipelineEvent;
+    type Summary = ();
+    const NAME: &'static str = "decode";
+
+    fn start(&mut self, emit: &mut crate::stage::Emit<'_, PipelineEvent>) {
+        self.announce(emit);
+    }
+
+    fn handle(&mut self, input: DecodeInput, emit: &mut crate::stage::Emit<'_, PipelineEvent>) {
+        match input {
+            DecodeInput::Event(e) => self.handle(e, emit),
+            DecodeInput::Done(d) => self.done(d, emit),
+        }
+    }
+
+    fn finish(mut self, emit: &mut crate::stage::Emit<'_, PipelineEvent>) {
+        DecodeStage::finish(&mut self, emit);
     }
 }

@@ -186,6 +186,8 @@ pub struct GlmStage {
     normalizer: Option<Normalizer>,
     feedback: Vec<Series>,
     queued_live: Vec<LiveEvent>,
+    /// Outputs a resumed session's replay left to send before any new input.
+    replayed: Vec<PipelineEvent>,
 }
 
 impl GlmStage {
@@ -212,13 +214,15 @@ impl GlmStage {
             normalizer: None,
             feedback: Vec::new(),
             queued_live: Vec::new(),
+            replayed: Vec::new(),
             cfg,
         })
     }
 
-    /// The ring buffers (for the pipeline's summary).
-    pub fn into_buffers(self) -> RunBuffers {
-        self.buffers
+    /// Send `outputs` (what a resumed session's store lacks) downstream
+    /// first, before any new input.
+    pub fn send_first(&mut self, outputs: Vec<PipelineEvent>) {
+        self.replayed = outputs;
     }
 
     fn planned(&self, events: &[Event]) -> usize {
@@ -575,5 +579,50 @@ impl GlmStage {
                 self.restart = Some((run, s.schedule));
             }
         }
+    }
+}
+
+/// The GLM's inputs: the realigned stream, and trials announced live.
+pub enum GlmInput {
+    /// From realign.
+    Event(PipelineEvent),
+    /// From the live-events listener.
+    Live(LiveEvent),
+}
+
+impl From<PipelineEvent> for GlmInput {
+    fn from(e: PipelineEvent) -> Self {
+        GlmInput::Event(e)
+    }
+}
+
+impl From<LiveEvent> for GlmInput {
+    fn from(e: LiveEvent) -> Self {
+        GlmInput::Live(e)
+    }
+}
+
+impl crate::stage::Stage for GlmStage {
+    type Input = GlmInput;
+    type Output = PipelineEvent;
+    /// The ring buffers as they were at the end (for the pipeline's summary).
+    type Summary = RunBuffers;
+    const NAME: &'static str = "glm";
+
+    fn start(&mut self, emit: &mut crate::stage::Emit<'_, PipelineEvent>) {
+        for out in std::mem::take(&mut self.replayed) {
+            emit(out);
+        }
+    }
+
+    fn handle(&mut self, input: GlmInput, emit: &mut crate::stage::Emit<'_, PipelineEvent>) {
+        match input {
+            GlmInput::Event(e) => self.handle(e, emit),
+            GlmInput::Live(e) => self.live(e, emit),
+        }
+    }
+
+    fn finish(self, _emit: &mut crate::stage::Emit<'_, PipelineEvent>) -> RunBuffers {
+        self.buffers
     }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 mod dicom;
 
@@ -31,6 +31,7 @@ use super::watch::{self, Msg, Origin, Watching};
 use super::{Counters, IngestError};
 use crate::formats::nifti;
 use crate::messages::{IngestEvent, IngestTiming, IngestedVolume, MissingReason, VolumeKey};
+use crate::stage::{Delivery, Outlet};
 use crate::volume::{Grid, Volume};
 
 /// A decoded, validated volume waiting for its turn.
@@ -206,7 +207,7 @@ pub(crate) fn start(
         naming,
         dir,
         qdir,
-        out,
+        out: Outlet::new("ingest").to("realign", out, Delivery::Reliable),
         counters,
         rx,
         tx: tx.clone(),
@@ -222,10 +223,8 @@ pub(crate) fn start(
         initial,
         dicom: Default::default(),
     };
-    let thread = std::thread::Builder::new()
-        .name("ingest".into())
-        .spawn(move || stage.run())
-        .map_err(IngestError::Thread)?;
+    let thread = crate::stage::thread("ingest", move || stage.run())
+        .map_err(|e| IngestError::Thread(e.source))?;
     Ok((tx, thread))
 }
 
@@ -235,7 +234,7 @@ struct Stage {
     dir: PathBuf,
     qdir: PathBuf,
     policy: RetryPolicy,
-    out: Sender<IngestEvent>,
+    out: Outlet<IngestEvent>,
     counters: Arc<Counters>,
     rx: Receiver<Msg>,
     tx: Sender<Msg>,
@@ -1012,55 +1011,27 @@ impl Stage {
         }
     }
 
-    /// Send downstream; when the channel is full say so, then wait.
     /// Send a heartbeat when one is due. It travels through every stage, so
-    /// its arrival at the end proves the whole pipeline moves. Never waits:
-    /// a full channel means downstream is busy, and the next one will do.
+    /// its arrival at the end proves the whole pipeline moves; the outlet
+    /// never waits for one.
     fn heartbeat(&mut self) {
         let now = Instant::now();
         if self.downstream_gone || now.duration_since(self.last_heartbeat) < HEARTBEAT {
             return;
         }
         self.last_heartbeat = now;
-        if let Err(TrySendError::Disconnected(_)) = self.out.try_send(IngestEvent::Heartbeat(now)) {
-            self.lost_downstream();
-        }
+        self.emit(IngestEvent::Heartbeat(now));
     }
 
+    /// Send downstream. The outlet waits when realign is behind, and says
+    /// so: volumes are never dropped.
     fn emit(&mut self, ev: IngestEvent) {
         if self.downstream_gone {
             return;
         }
-        let ev = match self.out.try_send(ev) {
-            Ok(()) => return,
-            Err(TrySendError::Disconnected(_)) => return self.lost_downstream(),
-            Err(TrySendError::Full(ev)) => ev,
-        };
-        tracing::warn!(
-            "downstream is behind: the ingest output channel is full ({} events); \
-             ingest waits (volumes are never dropped)",
-            self.out.len()
-        );
-        let started = Instant::now();
-        let mut ev = ev;
-        loop {
-            match self.out.send_timeout(ev, Duration::from_secs(5)) {
-                Ok(()) => {
-                    tracing::info!(
-                        "downstream caught up after {:.1} s",
-                        started.elapsed().as_secs_f64()
-                    );
-                    return;
-                }
-                Err(SendTimeoutError::Timeout(back)) => {
-                    tracing::warn!(
-                        "downstream still behind after {:.0} s; ingest keeps waiting",
-                        started.elapsed().as_secs_f64()
-                    );
-                    ev = back;
-                }
-                Err(SendTimeoutError::Disconnected(_)) => return self.lost_downstream(),
-            }
+        self.out.send(ev);
+        if self.out.is_closed() {
+            self.lost_downstream();
         }
     }
 

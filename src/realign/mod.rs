@@ -413,15 +413,6 @@ impl Realigner {
         }
     }
 
-    /// Process one ingest event, emitting what follows from it.
-    pub fn handle(&mut self, event: IngestEvent, emit: &mut dyn FnMut(PipelineEvent)) {
-        self.announce(emit);
-        match event {
-            IngestEvent::Volume(v) => self.handle_volume(*v, emit),
-            other => emit(PipelineEvent::Ingest(other)),
-        }
-    }
-
     fn handle_volume(&mut self, v: IngestedVolume, emit: &mut dyn FnMut(PipelineEvent)) {
         if self.session.is_none() {
             let source = format!("{} ({})", v.path.display(), v.key);
@@ -561,4 +552,22 @@ pub fn realign_series(
         out.push((par_from_ref_to_volume(&t, registration.centre()), secs));
     }
     Ok(out)
+}
+
+impl crate::stage::Stage for Realigner {
+    type Input = IngestEvent;
+    type Output = PipelineEvent;
+    type Summary = ();
+    const NAME: &'static str = "realign";
+
+    /// One ingest event: volumes are realigned, the rest passed on.
+    fn handle(&mut self, event: IngestEvent, emit: &mut crate::stage::Emit<'_, PipelineEvent>) {
+        self.announce(emit);
+        match event {
+            IngestEvent::Volume(v) => self.handle_volume(*v, emit),
+            other => emit(PipelineEvent::Ingest(other)),
+        }
+    }
+
+    fn finish(self, _emit: &mut crate::stage::Emit<'_, PipelineEvent>) {}
 }

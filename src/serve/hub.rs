@@ -346,6 +346,9 @@ const NOTICES: usize = 50;
 
 /// The hub's state, owned by its thread.
 pub struct Hub {
+    /// Its own end of the request channel, to answer what is still queued
+    /// when the events end.
+    requests: Receiver<Request>,
     config: HubConfig,
     ctx: FeedContext,
     broadcast: broadcast::Sender<Arc<Published>>,
@@ -391,6 +394,7 @@ impl Hub {
             feeds: Arc::new(OpenFeeds::default()),
         };
         let hub = Hub {
+            requests: req_rx.clone(),
             ctx: FeedContext {
                 fd_threshold_mm: config.fd_threshold_mm,
                 recon_dir,
@@ -416,27 +420,8 @@ impl Hub {
 
     /// Serve events and requests until the event channel closes; then
     /// answer what is queued and return the result-file errors.
-    pub fn run(mut self, events: Receiver<Arc<PipelineEvent>>, requests: Receiver<Request>) -> u64 {
-        loop {
-            crossbeam_channel::select! {
-                recv(events) -> ev => match ev {
-                    Ok(ev) => self.handle(&ev),
-                    Err(_) => break,
-                },
-                recv(requests) -> req => {
-                    if let Ok(req) = req {
-                        self.answer(req);
-                    }
-                },
-            }
-        }
-        while let Ok(req) = requests.try_recv() {
-            self.answer(req);
-        }
-        // Everything is published: clients may write out their backlog and
-        // close.
-        self.finished.send_replace(true);
-        self.results.as_ref().map_or(0, ResultFiles::errors)
+    pub fn run(self, events: Receiver<Arc<PipelineEvent>>, requests: Receiver<Request>) -> u64 {
+        crate::stage::run_sink(self, events, Some(requests))
     }
 
     fn run_mut(&mut self, run: u32) -> &mut RunStatus {
@@ -756,4 +741,31 @@ struct VolumeRef {
 struct TrialRef {
     run: u32,
     trial: usize,
+}
+
+impl crate::stage::Sink for Hub {
+    type Request = Request;
+    const NAME: &'static str = "serve";
+    /// Reliable because result files must not be lost; the hub itself
+    /// never waits for a client.
+    const DELIVERY: crate::stage::Delivery = crate::stage::Delivery::Reliable;
+
+    fn deliver(&mut self, event: &PipelineEvent) -> std::io::Result<()> {
+        self.handle(event);
+        Ok(())
+    }
+
+    fn request(&mut self, request: Request) {
+        self.answer(request);
+    }
+
+    fn finish(self) -> u64 {
+        while let Ok(req) = self.requests.try_recv() {
+            self.answer(req);
+        }
+        // Everything is published: clients may write out their backlog and
+        // close.
+        self.finished.send_replace(true);
+        self.results.as_ref().map_or(0, ResultFiles::errors)
+    }
 }

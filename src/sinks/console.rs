@@ -247,3 +247,14 @@ impl<W: Write> Console<W> {
         }
     }
 }
+
+impl<W: Write + Send + 'static> crate::stage::Sink for Console<W> {
+    type Request = std::convert::Infallible;
+    const NAME: &'static str = "console";
+    /// A stuck terminal must never hold up the scan.
+    const DELIVERY: crate::stage::Delivery = crate::stage::Delivery::Lossy;
+
+    fn deliver(&mut self, event: &PipelineEvent) -> std::io::Result<()> {
+        self.handle(event)
+    }
+}

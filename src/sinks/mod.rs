@@ -1,9 +1,12 @@
 //! Sinks: where pipeline results go.
 //!
-//! In: [`PipelineEvent`]s, fanned out by the pipeline to each sink on its
-//! own thread. Out: the session store on disk ([`store`]), the operator's
-//! terminal ([`console`]); later the dashboard and feedback sockets.
+//! In: [`PipelineEvent`]s, fanned out by the last stage's outlet to each
+//! sink on its own thread (the [`crate::stage::Sink`] contract). Out: the
+//! session store on disk ([`store`]), the operator's terminal
+//! ([`console`]), BIDS derivatives ([`bids`]); the dashboard and feedback
+//! sockets are fed by the hub in [`crate::serve`].
 
+pub mod bids;
 pub mod console;
 pub mod image;
 pub mod npy;

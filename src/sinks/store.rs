@@ -914,3 +914,14 @@ fn rewrite_par(dir: &Path, motion: &BTreeMap<u32, Option<MotionParams>>) -> std:
     }
     super::atomic_write(&dir.join("motion.par"), text.as_bytes())
 }
+
+impl crate::stage::Sink for SessionStore {
+    type Request = std::convert::Infallible;
+    const NAME: &'static str = "store";
+    /// Everything is kept: the store may make the pipeline wait, never lose.
+    const DELIVERY: crate::stage::Delivery = crate::stage::Delivery::Reliable;
+
+    fn deliver(&mut self, event: &PipelineEvent) -> std::io::Result<()> {
+        self.handle(event)
+    }
+}
