@@ -26,6 +26,8 @@ demo: ort
 test: ort browser-deps parity-ci
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+	# the daemon alone, without the simulator, demo and report (feature `tools`)
+	$(CARGO) clippy --release --no-default-features --lib --bins -- -D warnings
 	$(CARGO) test --release
 
 $(VENV)/bin/python:

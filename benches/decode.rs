@@ -27,7 +27,7 @@ use std::time::{Instant, SystemTime};
 
 use boldstream::decode::runtime::DeviceChoice;
 use boldstream::decode::{DecodeConfig, DecodeStage};
-use boldstream::messages::{PipelineEvent, TrialBeta, VolumeKey};
+use boldstream::types::messages::{PipelineEvent, TrialBeta, VolumeKey};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -53,7 +53,7 @@ fn beta(trial: usize, voxels: usize) -> TrialBeta {
     TrialBeta {
         run: 1,
         trial,
-        event: boldstream::events::Event {
+        event: boldstream::types::events::Event {
             onset: trial as f64 * 4.5,
             duration: 3.0,
             trial_type: "image".into(),

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use boldstream::events::Event;
 use boldstream::glm::model::{ModelSpec, NoiseModel};
 use boldstream::glm::normalize::Normalizer;
 use boldstream::glm::run::{RunGlm, Schedule};
+use boldstream::types::events::Event;
 
 const VOXELS: usize = 20_000;
 const PLANNED: usize = 300;

@@ -12,10 +12,10 @@
 
 use std::time::Instant;
 
-use boldstream::mask::SessionMask;
 use boldstream::realign::register::{Registration, RegistrationOptions};
 use boldstream::realign::resample::Resampler;
-use boldstream::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::tools::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::types::mask::SessionMask;
 
 const BUDGET_MS: f64 = 30.0;
 

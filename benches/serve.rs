@@ -23,8 +23,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use boldstream::messages::{IngestEvent, PipelineEvent};
 use boldstream::pipeline::{Pipeline, PipelineOptions};
+use boldstream::types::messages::{IngestEvent, PipelineEvent};
 use serde_json::Value;
 
 /// What one client saw.

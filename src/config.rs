@@ -32,9 +32,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::buffer::BufferConfig;
 use crate::decode::DecodeConfig;
-use crate::glm::stage::GlmConfig;
+use crate::glm::buffer::BufferConfig;
+use crate::glm::spec::GlmConfig;
 use crate::ingest::IngestConfig;
 use crate::realign::RealignConfig;
 
@@ -68,7 +68,7 @@ pub struct SessionConfig {
     pub dir: Option<PathBuf>,
     /// A folder that already holds a session: `auto` continues it (when
     /// its settings are compatible), `never` refuses to start.
-    pub resume: crate::resume::ResumePolicy,
+    pub resume: ResumePolicy,
 }
 
 /// `[console]`: the live terminal output.
@@ -251,4 +251,16 @@ mod tests {
             .to_string();
         assert!(e.contains("line 2"), "{e}");
     }
+}
+
+/// `[session] resume`: what a start does with a folder that already holds
+/// a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResumePolicy {
+    /// Continue it when its configuration is compatible; refuse otherwise.
+    #[default]
+    Auto,
+    /// Refuse to start in a folder that holds a session.
+    Never,
 }

@@ -40,10 +40,12 @@ enum Command {
     },
     /// The simulator feeding the daemon end to end, with no input needed:
     /// live motion and QC per volume, then a summary against the truth.
-    Demo(boldstream::demo::DemoOptions),
+    #[cfg(feature = "tools")]
+    Demo(boldstream::tools::demo::DemoOptions),
     /// Simulate a scanner: write synthetic (or replayed) volumes into a
     /// folder, with known truth and injected faults.
-    Simulate(Box<boldstream::simulate::SimulateArgs>),
+    #[cfg(feature = "tools")]
+    Simulate(Box<boldstream::tools::simulate::SimulateArgs>),
     /// Realign a 4-D NIfTI offline with the live path's code and write
     /// MCFLIRT-convention parameters.
     Realign {
@@ -66,11 +68,11 @@ enum Command {
         mask_out: Option<PathBuf>,
     },
     /// Single-trial betas offline: the live GLM over a realigned 4-D series.
-    Glm(Box<boldstream::glm::offline::GlmArgs>),
+    Glm(Box<boldstream::cli::glm::GlmArgs>),
     /// Calibrate a new subject from a calibration session (runs + events):
     /// write a subject folder with masks, voxel order, normalisation
     /// statistics and a ridge adapter the decoder loads.
-    Calibrate(Box<boldstream::calibrate::CalibrateArgs>),
+    Calibrate(Box<boldstream::cli::calibrate::CalibrateArgs>),
     /// Model folders for the decode stage.
     Models {
         #[command(subcommand)]
@@ -311,7 +313,7 @@ fn realign_offline(
     let mut par = String::new();
     let mut times = String::from("volume\tseconds\n");
     for (i, (p, secs)) in results.iter().enumerate() {
-        par.push_str(&p.par_line());
+        par.push_str(&boldstream::formats::par::line(Some(p)));
         par.push('\n');
         times.push_str(&format!("{i}\t{secs:.6}\n"));
     }
@@ -333,7 +335,7 @@ fn realign_offline(
             .map(|(v, (p, _))| {
                 resampler.resample(
                     v,
-                    &boldstream::realign::transform::ref_to_volume_from_par(p, centre),
+                    &boldstream::types::transform::ref_to_volume_from_par(p, centre),
                 )
             })
             .collect();
@@ -346,7 +348,7 @@ fn realign_offline(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let (Some(path), Some(reference)) = (mask, reference) {
-        let m = boldstream::mask::SessionMask::compute_epi(reference)
+        let m = boldstream::types::mask::SessionMask::compute_epi(reference)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let opts = nifti::WriteOptions {
             gzip: path.to_string_lossy().ends_with(".gz"),
@@ -384,26 +386,28 @@ fn main() -> std::process::ExitCode {
 fn dispatch() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run { config } => run(&config),
+        #[cfg(feature = "tools")]
         Command::Demo(opts) => {
             // The console sink is the demo's output (it shows every gap,
             // duplicate and quarantine); the full log goes to the session
             // folder, stderr carries only errors.
             let base = opts.new_base();
             init_logging("error", Some(&base.join("session")))?;
-            boldstream::demo::run_demo(&opts, &base).map(|_| ())
+            boldstream::tools::demo::run_demo(&opts, &base).map(|_| ())
         }
         Command::Check { config } => {
             // Warnings are part of the report; the log would repeat them.
             init_logging("error", None)?;
-            boldstream::preflight::run_cli(&config)
+            boldstream::cli::check::run_cli(&config)
         }
         Command::Calibrate(args) => {
             init_logging("warn", None)?;
-            boldstream::calibrate::run_cli(&args)
+            boldstream::cli::calibrate::run(&args)
         }
+        #[cfg(feature = "tools")]
         Command::Simulate(args) => {
             init_logging("info", None)?;
-            boldstream::simulate::run_simulate(&args)
+            boldstream::tools::simulate::run_simulate(&args)
         }
         Command::Realign {
             input,
@@ -427,7 +431,7 @@ fn dispatch() -> anyhow::Result<()> {
         }
         Command::Glm(args) => {
             init_logging("info", None)?;
-            boldstream::glm::offline::run_cli(&args)
+            boldstream::cli::glm::run(&args)
         }
         Command::Models {
             command:

@@ -22,19 +22,19 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::buffer::RunBuffers;
 use crate::config::Config;
 use crate::decode::DecodeStage;
+use crate::glm::buffer::RunBuffers;
+use crate::glm::live::{LiveEvent, LiveListener};
 use crate::glm::stage::GlmStage;
 use crate::ingest::{self, IngestHandle, IngestStats};
-use crate::live::{LiveEvent, LiveListener};
-use crate::messages::{IngestEvent, PipelineEvent};
 use crate::realign::Realigner;
-use crate::resume::Resume;
+use crate::session::resume::Resume;
+use crate::session::store::SessionStore;
 use crate::sinks::bids::BidsConfounds;
 use crate::sinks::console::Console;
-use crate::sinks::store::SessionStore;
 use crate::stage::{self, Delivery, Inlet, Outlet, Sinks, Stage, Tally};
+use crate::types::messages::{IngestEvent, PipelineEvent};
 
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +72,7 @@ pub enum PipelineError {
     Serve(#[from] crate::serve::ServeError),
     /// The session folder holds a session that cannot be continued.
     #[error("resume: {0}")]
-    Resume(#[from] crate::resume::ResumeError),
+    Resume(#[from] crate::session::resume::ResumeError),
     /// A stage thread could not be spawned.
     #[error(transparent)]
     Thread(#[from] crate::stage::SpawnError),
@@ -222,7 +222,7 @@ impl Pipeline {
 
     /// The GLM settings, with the subject's calibration statistics for
     /// z-scoring when the subject folder has them and nothing else is asked.
-    fn glm_config(config: &Config) -> Result<crate::glm::stage::GlmConfig, PipelineError> {
+    fn glm_config(config: &Config) -> Result<crate::glm::spec::GlmConfig, PipelineError> {
         let mut glm = config.glm.clone();
         if glm.zscore_stats.is_none()
             && !glm.session_zscore
@@ -243,7 +243,7 @@ impl Pipeline {
 
     /// Create the session folder, prepare realign, and start every stage.
     /// `config_text` is recorded in the session folder as given. A folder
-    /// that already holds a session is continued ([`crate::resume`]).
+    /// that already holds a session is continued ([`crate::session::resume`]).
     pub fn start(
         config: &Config,
         config_text: &str,

@@ -31,7 +31,7 @@ use crossbeam_channel::{
     Receiver, RecvError, Select, SelectedOperation, SendTimeoutError, Sender, TrySendError, bounded,
 };
 
-use crate::messages::{IngestEvent, PipelineEvent};
+use crate::types::messages::{IngestEvent, PipelineEvent};
 
 /// What a stage emits through.
 pub type Emit<'a, T> = dyn FnMut(T) + 'a;

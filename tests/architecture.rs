@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Modules outside the daemon's production code: the rehearsal tools
-/// behind the `tools` feature and the binary's command-line edge.
-const NOT_PRODUCTION: &[&str] = &["simulate", "demo", "report", "main", "cli"];
+/// behind the `tools` feature, and the binary.
+const NOT_PRODUCTION: &[&str] = &["tools", "main"];
 
 fn src_dir() -> PathBuf {
     std::env::var_os("BOLDSTREAM_SRC")
@@ -282,7 +282,6 @@ fn production(m: &str) -> bool {
 }
 
 #[test]
-#[ignore = "until the layout step removes the three remaining circles"]
 fn no_import_circle_between_production_modules() {
     let g = graph(&src_dir());
     let all = circles(&g);
@@ -323,4 +322,55 @@ fn the_circle_finder_sees_a_circle() {
         paths("use super::{a, b::C};\nlet x = crate::q::r();").len(),
         3
     );
+}
+
+/// The shared types (`src/types`) import nothing else of the crate.
+#[test]
+fn shared_types_import_nothing_else() {
+    let g = graph(&src_dir());
+    let mut bad = Vec::new();
+    for (m, to) in &g {
+        if m == "types" || m.starts_with("types/") {
+            for t in to {
+                if !(t == "types" || t.starts_with("types/")) {
+                    bad.push(format!("{m} -> {t}"));
+                }
+            }
+        }
+    }
+    assert!(g.contains_key("types/messages"), "no src/types/messages.rs");
+    assert!(
+        bad.is_empty(),
+        "shared types importing other modules: {bad:?}"
+    );
+}
+
+/// clap and anyhow live at the command-line edge only: `src/cli`, the
+/// binary, and the rehearsal tools.
+#[test]
+fn clap_and_anyhow_only_at_the_command_line_edge() {
+    let src = src_dir();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut bad = Vec::new();
+    for f in &files {
+        let m = module_of(&src, f).join("/");
+        let edge = m == "main" || m == "cli" || m.starts_with("cli/") || !production(&m);
+        if edge {
+            continue;
+        }
+        let text = code(&std::fs::read_to_string(f).unwrap());
+        for word in ["anyhow", "clap"] {
+            let used = text.match_indices(word).any(|(i, _)| {
+                let before = text[..i].chars().next_back();
+                let after = text[i + word.len()..].chars().next();
+                !before.is_some_and(|c| c.is_alphanumeric() || c == '_')
+                    && after.is_some_and(|c| c == ':')
+            });
+            if used {
+                bad.push(format!("{m} uses {word}"));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:?}");
 }

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use boldstream::config::Config;
 use boldstream::ingest::IngestConfig;
-use boldstream::messages::{IngestEvent, PipelineEvent};
 use boldstream::pipeline::{Pipeline, PipelineOptions};
-use boldstream::simulate::faults::FaultPlan;
-use boldstream::simulate::synth::{SynthSeries, SynthSpec};
-use boldstream::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
 use boldstream::sinks::bids::COLUMNS;
+use boldstream::tools::simulate::faults::FaultPlan;
+use boldstream::tools::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::tools::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
+use boldstream::types::messages::{IngestEvent, PipelineEvent};
 
 const GUARD: Duration = Duration::from_secs(120);
 

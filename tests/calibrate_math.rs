@@ -13,8 +13,8 @@ use boldstream::calibrate::reliability::{
 use boldstream::calibrate::ridge::{
     Form, RidgeError, RidgeFit, RidgeOptions, cv_score, fit_ridge, fit_ridge_cv, group_folds,
 };
-use boldstream::decode::manifest::{Dtype, TensorSpec};
 use boldstream::decode::runtime::{DeviceChoice, Input, Runtime, RuntimeConfig};
+use boldstream::decode::tensor::{Dtype, TensorSpec};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};

@@ -16,13 +16,13 @@ use boldstream::calibrate::{
 };
 use boldstream::decode::manifest::{ModelManifest, SubjectManifest};
 use boldstream::decode::runtime::{Graph, Input, Runtime};
-use boldstream::events::Event;
 use boldstream::formats::nifti::{WriteOptions, read_volume, write_volume};
-use boldstream::mask::SessionMask;
-use boldstream::simulate::events::{MindEyeDesign, mindeye_run, mindeye_volumes};
-use boldstream::simulate::patterns::{StimulusPatterns, pick_region};
-use boldstream::simulate::{MotionModel, MotionSpec, SynthSeries, SynthSpec};
-use boldstream::volume::{Grid, Volume};
+use boldstream::tools::simulate::events::{MindEyeDesign, mindeye_run, mindeye_volumes};
+use boldstream::tools::simulate::patterns::{StimulusPatterns, pick_region};
+use boldstream::tools::simulate::{MotionModel, MotionSpec, SynthSeries, SynthSpec};
+use boldstream::types::events::Event;
+use boldstream::types::mask::SessionMask;
+use boldstream::types::volume::{Grid, Volume};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -59,7 +59,7 @@ fn normal(rng: &mut ChaCha8Rng, k: usize) -> Vec<f64> {
 fn npy(path: &Path) -> (Vec<f64>, usize, usize) {
     let bytes = std::fs::read(path).unwrap();
     let header = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]).to_string();
-    let (v, r, c) = boldstream::sinks::npy::decode_2d(&bytes).unwrap();
+    let (v, r, c) = boldstream::formats::npy::decode_2d(&bytes).unwrap();
     assert!(
         header.contains(&format!("'shape': ({r}, {c})")),
         "{}: header {header:?}",
@@ -924,7 +924,7 @@ fn bad_inputs_are_clear_errors() {
     );
     // And a run whose data is not there names the data.
     let events = tmp.path().join("run-01_events.tsv");
-    boldstream::events::write_events(
+    boldstream::formats::events_tsv::write_events(
         &events,
         &[Event {
             onset: 1.5,

@@ -11,13 +11,14 @@
 use std::path::{Path, PathBuf};
 
 use boldstream::formats::nifti::{WriteOptions, read_volume, write_volume};
-use boldstream::mask::SessionMask;
-use boldstream::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
 use boldstream::realign::register::{Registration, RegistrationOptions};
-use boldstream::realign::{CrossSession, RealignConfig, Realigner, register_across_sessions};
-use boldstream::simulate::{MotionModel, MotionSpec, SynthSeries, SynthSpec};
+use boldstream::realign::{RealignConfig, Realigner, register_across_sessions};
 use boldstream::stage::Stage;
-use boldstream::volume::Volume;
+use boldstream::tools::simulate::{MotionModel, MotionSpec, SynthSeries, SynthSpec};
+use boldstream::types::mask::SessionMask;
+use boldstream::types::messages::CrossSession;
+use boldstream::types::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
+use boldstream::types::volume::Volume;
 use nalgebra::Matrix4;
 
 // 3 mm voxels, and tissue edges as smooth as a voxel: the simulator samples

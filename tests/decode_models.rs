@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use boldstream::decode::manifest::ModelError;
+use boldstream::decode::error::ModelError;
+use boldstream::decode::error::RuntimeError;
 use boldstream::decode::models::ModelSet;
-use boldstream::decode::runtime::{DeviceChoice, Runtime, RuntimeConfig, RuntimeError};
+use boldstream::decode::runtime::{DeviceChoice, Runtime, RuntimeConfig};
 use boldstream::decode::schedule::ReconPolicy;
 use boldstream::decode::{DecodeConfig, DecodeStage};
-use boldstream::messages::{PipelineEvent, TrialBeta, VolumeKey};
 use boldstream::stage::{Delivery, Outlet};
+use boldstream::types::messages::{PipelineEvent, TrialBeta, VolumeKey};
 
 fn demo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("onnx/demo")
@@ -229,8 +230,8 @@ fn the_adapter_voxel_count_must_match_the_graph_and_the_session() {
     let f = edited(&[], &[]);
     let tmp = tempfile::tempdir().unwrap();
     let mask_path = tmp.path().join("mask.nii.gz");
-    let grid = boldstream::volume::Grid::centred([20, 10, 10], [3.0; 3]);
-    let mut mask = boldstream::volume::Volume::zeros(grid);
+    let grid = boldstream::types::volume::Grid::centred([20, 10, 10], [3.0; 3]);
+    let mut mask = boldstream::types::volume::Volume::zeros(grid);
     for v in mask.values_mut().iter_mut().take(1500) {
         *v = 1.0;
     }
@@ -401,7 +402,7 @@ fn a_missing_or_foreign_onnxruntime_says_what_to_do() {
 }
 
 fn npy(path: &Path) -> (Vec<f32>, usize, usize) {
-    let (v, r, c) = boldstream::sinks::npy::decode_2d(&std::fs::read(path).unwrap()).unwrap();
+    let (v, r, c) = boldstream::formats::npy::decode_2d(&std::fs::read(path).unwrap()).unwrap();
     (v.iter().map(|&x| x as f32).collect(), r, c)
 }
 
@@ -444,7 +445,7 @@ fn held_out_betas_retrieve_and_reconstruct_their_stimuli() {
         images.push(recon.run(&out.tokens).unwrap().image);
     }
     let stimulus = |id: &str| {
-        boldstream::sinks::image::read_png(&f.model.join(format!("bank/images/{id}.png")))
+        boldstream::formats::png::read_png(&f.model.join(format!("bank/images/{id}.png")))
             .unwrap()
             .0
     };
@@ -507,7 +508,7 @@ fn beta(run: u32, trial: usize, voxels: &[f32], stim: &str) -> TrialBeta {
     TrialBeta {
         run,
         trial,
-        event: boldstream::events::Event {
+        event: boldstream::types::events::Event {
             onset: trial as f64 * 4.0,
             duration: 3.0,
             trial_type: "image".into(),

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use boldstream::demo::{DemoOptions, run_demo};
+use boldstream::tools::demo::{DemoOptions, run_demo};
 
 #[test]
 fn demo_calibrates_decodes_every_trial_and_writes_the_report() {

@@ -16,7 +16,7 @@ use boldstream::formats::dicom::{
     self, Decoded, DicomError, Flavour, SliceAssembler, slices::Added,
 };
 use boldstream::formats::nifti;
-use boldstream::volume::Volume;
+use boldstream::types::volume::Volume;
 
 use support::{affine_diff, dcm_files, shared, voxel_diff};
 
@@ -218,7 +218,10 @@ fn garbage_and_empty_files_give_clear_errors() {
     assert!(!e.may_be_incomplete());
     assert!(e.to_string().starts_with("not a DICOM file"), "{e}");
     let nii = nifti::encode_volume(
-        &Volume::zeros(boldstream::volume::Grid::centred([4, 4, 4], [1.0; 3])),
+        &Volume::zeros(boldstream::types::volume::Grid::centred(
+            [4, 4, 4],
+            [1.0; 3],
+        )),
         &Default::default(),
     )
     .unwrap();

@@ -9,10 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use boldstream::events::read_events;
+use boldstream::formats::events_tsv::read_events;
 use boldstream::glm::design::DesignSpec;
 use boldstream::glm::model::{ModelSpec, NoiseModel};
-use boldstream::glm::offline::{parse_hrf, parse_scaling, read_par};
 use boldstream::glm::run::{NotEstimated, RunGlm, Schedule};
 
 fn dir() -> PathBuf {
@@ -68,18 +67,22 @@ fn setup(noise: NoiseModel) -> Fixture {
         .unwrap();
     let f = |k: &str| settings[k].as_float().unwrap();
     let (data, frames, voxels) = npy(&dir().join("masked.npy"));
-    let motion = read_par(&dir().join("motion.par")).unwrap();
+    let motion = boldstream::formats::par::read(&dir().join("motion.par")).unwrap();
     let events = read_events(&dir().join("events.tsv")).unwrap();
     let spec = ModelSpec {
         design: DesignSpec {
             tr: f("tr"),
             slice_time_ref: f("slice_time_ref"),
-            hrf: parse_hrf(settings["hrf"].as_str().unwrap()).unwrap(),
+            hrf: settings["hrf"].as_str().unwrap().parse().unwrap(),
             high_pass: f("high_pass"),
             ..DesignSpec::default()
         },
         noise,
-        scaling: parse_scaling(settings["signal_scaling"].as_str().unwrap()).unwrap(),
+        scaling: settings["signal_scaling"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap(),
         ar_bins: 100,
     };
     let schedule = Schedule {

@@ -10,14 +10,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use boldstream::config::Config;
-use boldstream::events::{Event, write_events};
-use boldstream::glm::stage::GlmConfig;
+use boldstream::formats::events_tsv::write_events;
+use boldstream::glm::spec::GlmConfig;
 use boldstream::ingest::IngestConfig;
-use boldstream::messages::{IngestEvent, PipelineEvent};
 use boldstream::pipeline::{Pipeline, PipelineOptions};
-use boldstream::simulate::faults::FaultPlan;
-use boldstream::simulate::synth::{SynthSeries, SynthSpec};
-use boldstream::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
+use boldstream::tools::simulate::faults::FaultPlan;
+use boldstream::tools::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::tools::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
+use boldstream::types::events::Event;
+use boldstream::types::messages::{IngestEvent, PipelineEvent};
 use crossbeam_channel::unbounded;
 
 const GUARD: Duration = Duration::from_secs(180);
@@ -61,7 +62,7 @@ fn until_run_ends(rx: &crossbeam_channel::Receiver<PipelineEvent>) -> Vec<Pipeli
     }
 }
 
-fn betas(events: &[PipelineEvent]) -> Vec<&boldstream::messages::TrialBeta> {
+fn betas(events: &[PipelineEvent]) -> Vec<&boldstream::types::messages::TrialBeta> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -174,7 +175,7 @@ fn every_trial_of_a_run_gets_a_beta_and_the_task_region_responds() {
     assert!(index.lines().skip(1).all(|l| l.ends_with("\tok")));
     for f in ["raw.npy", "z.npy", "decode.npy"] {
         let bytes = std::fs::read(session.join(f)).unwrap();
-        let (_, rows, cols) = boldstream::sinks::npy::decode_2d(&bytes).unwrap();
+        let (_, rows, cols) = boldstream::formats::npy::decode_2d(&bytes).unwrap();
         assert_eq!((rows, cols), (events.len(), mask.len()), "{f}");
     }
 }

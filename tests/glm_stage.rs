@@ -6,17 +6,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use boldstream::buffer::BufferConfig;
-use boldstream::events::{Event, write_events};
+use boldstream::formats::events_tsv::write_events;
+use boldstream::glm::buffer::BufferConfig;
 use boldstream::glm::feedback::{FeedbackConfig, RoiConfig, Smoothing};
 use boldstream::glm::model::NoiseModel;
-use boldstream::glm::stage::{GlmConfig, GlmStage};
-use boldstream::mask::SessionMask;
-use boldstream::messages::{
+use boldstream::glm::spec::GlmConfig;
+use boldstream::glm::stage::GlmStage;
+use boldstream::types::events::Event;
+use boldstream::types::mask::SessionMask;
+use boldstream::types::messages::{
     IngestEvent, IngestTiming, MissingReason, PipelineEvent, RealignedVolume, VolumeKey,
 };
-use boldstream::realign::transform::MotionParams;
-use boldstream::volume::{Grid, Volume};
+use boldstream::types::transform::MotionParams;
+use boldstream::types::volume::{Grid, Volume};
 
 const DIMS: [usize; 3] = [6, 5, 4];
 const V: usize = 120;

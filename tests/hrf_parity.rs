@@ -41,7 +41,7 @@ fn glm_kernels_equal_nilearns() {
 /// its undershoot is shallower by exactly that ratio's difference.
 #[test]
 fn the_simulator_uses_glover_1999_not_nilearns_ratio() {
-    use boldstream::simulate::hrf::{GLOVER_1999_RATIO, glover};
+    use boldstream::tools::simulate::hrf::{GLOVER_1999_RATIO, glover};
     assert_eq!(GLOVER_1999_RATIO, 0.35);
     // Sampled like nilearn's (no loc shift, unnormalised), the simulator's
     // kernel matches a 0.35 difference of gammas and not a 0.48 one.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use boldstream::formats::dicom::{self, Decoded};
 use boldstream::ingest::{self, IngestConfig, IngestHandle, WatchMode};
-use boldstream::messages::{IngestEvent, MissingReason};
+use boldstream::types::messages::{IngestEvent, MissingReason};
 use crossbeam_channel::Receiver;
 
 use support::{dcm_files, shared, voxel_diff};

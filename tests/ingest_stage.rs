@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use boldstream::formats::nifti::{WriteOptions, encode_volume};
 use boldstream::ingest::{self, EventSource, IngestConfig, IngestHandle, IngestStats, WatchMode};
-use boldstream::messages::{IngestEvent, IngestedVolume, MissingReason};
-use boldstream::volume::{Grid, Volume};
+use boldstream::types::messages::{IngestEvent, IngestedVolume, MissingReason};
+use boldstream::types::volume::{Grid, Volume};
 use crossbeam_channel::Receiver;
 
 /// How long any single expected event may take before the test fails.

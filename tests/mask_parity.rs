@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use boldstream::formats::nifti::read_volume;
-use boldstream::mask::SessionMask;
+use boldstream::types::mask::SessionMask;
 
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,7 +8,7 @@ use boldstream::formats::nifti::{
     self, OutputType, ReadError, WriteOptions, decode_series, decode_volume, encode_series,
     encode_volume, read_series, read_volume,
 };
-use boldstream::volume::{Grid, Volume};
+use boldstream::types::volume::{Grid, Volume};
 use nalgebra::Matrix4;
 
 fn fixture_dir() -> PathBuf {

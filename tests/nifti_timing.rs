@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use boldstream::formats::nifti::{
     OutputType, WriteOptions, decode_volume, encode_volume, read_volume,
 };
-use boldstream::volume::{Grid, Volume};
+use boldstream::types::volume::{Grid, Volume};
 
 /// Brain-like intensities: a bright ellipsoid with noise on a dark
 /// background, so gzip sees data about as compressible as a real EPI.

@@ -17,16 +17,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use boldstream::config::Config;
-use boldstream::events::{Event, write_events};
+use boldstream::formats::events_tsv::write_events;
 use boldstream::formats::nifti;
-use boldstream::glm::stage::GlmConfig;
+use boldstream::glm::spec::GlmConfig;
 use boldstream::ingest::IngestConfig;
-use boldstream::messages::{IngestEvent, PipelineEvent, RealignedVolume, VolumeKey};
 use boldstream::pipeline::{Pipeline, PipelineOptions, PipelineSummary};
 use boldstream::realign::realign_series;
-use boldstream::simulate::faults::FaultPlan;
-use boldstream::simulate::replay::DicomReplay;
-use boldstream::simulate::writer::{Pace, ScanWriter, TruthLocation, VolumeSource, WriterOptions};
+use boldstream::tools::simulate::faults::FaultPlan;
+use boldstream::tools::simulate::replay::DicomReplay;
+use boldstream::tools::simulate::writer::{
+    Pace, ScanWriter, TruthLocation, VolumeSource, WriterOptions,
+};
+use boldstream::types::events::Event;
+use boldstream::types::messages::{IngestEvent, PipelineEvent, RealignedVolume, VolumeKey};
 use crossbeam_channel::unbounded;
 
 use support::shared;

@@ -16,14 +16,16 @@ use std::time::{Duration, Instant};
 
 use boldstream::config::Config;
 use boldstream::ingest::IngestConfig;
-use boldstream::messages::{IngestEvent, PipelineEvent, RealignedVolume, VolumeKey};
 use boldstream::pipeline::{Pipeline, PipelineOptions, PipelineSummary};
 use boldstream::realign::realign_series;
-use boldstream::simulate::faults::FaultPlan;
-use boldstream::simulate::naming::Naming;
-use boldstream::simulate::replay::ReplaySeries;
-use boldstream::simulate::synth::{SynthSeries, SynthSpec};
-use boldstream::simulate::writer::{Pace, ScanWriter, TruthLocation, VolumeSource, WriterOptions};
+use boldstream::tools::simulate::faults::FaultPlan;
+use boldstream::tools::simulate::naming::Naming;
+use boldstream::tools::simulate::replay::ReplaySeries;
+use boldstream::tools::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::tools::simulate::writer::{
+    Pace, ScanWriter, TruthLocation, VolumeSource, WriterOptions,
+};
+use boldstream::types::messages::{IngestEvent, PipelineEvent, RealignedVolume, VolumeKey};
 use crossbeam_channel::{Receiver, unbounded};
 
 const GUARD: Duration = Duration::from_secs(120);
@@ -345,7 +347,7 @@ fn a_replayed_4d_series_with_siemens_names_realigns_as_offline() {
     let synth = SynthSeries::new(spec).unwrap();
     let tmp4d = tempfile::tempdir().unwrap();
     let path = tmp4d.path().join("series.nii.gz");
-    boldstream::simulate::replay::write_4d(&synth, &path, None).unwrap();
+    boldstream::tools::simulate::replay::write_4d(&synth, &path, None).unwrap();
     let replay = ReplaySeries::open(&path, None).unwrap();
     let vols = boldstream::formats::nifti::read_series(&path)
         .unwrap()

@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use boldstream::cli::check::check;
 use boldstream::formats::nifti::{WriteOptions, write_volume};
-use boldstream::preflight::check;
-use boldstream::volume::{Grid, Volume};
+use boldstream::types::volume::{Grid, Volume};
 
 fn demo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("onnx/demo")

@@ -8,8 +8,8 @@
 
 use boldstream::realign::realign_series;
 use boldstream::realign::register::RegistrationOptions;
-use boldstream::simulate::motion::{MotionModel, MotionSpec};
-use boldstream::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::tools::simulate::motion::{MotionModel, MotionSpec};
+use boldstream::tools::simulate::synth::{SynthSeries, SynthSpec};
 
 struct Errors {
     rms_deg: f64,

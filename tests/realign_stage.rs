@@ -5,15 +5,15 @@
 use std::path::PathBuf;
 
 use boldstream::formats::nifti::{WriteOptions, write_volume};
-use boldstream::mask::SessionMask;
-use boldstream::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
 use boldstream::realign::resample::Resampler;
-use boldstream::realign::transform::ref_to_volume_from_par;
 use boldstream::realign::{RealignConfig, Realigner};
-use boldstream::simulate::motion::MotionModel;
-use boldstream::simulate::synth::{SynthSeries, SynthSpec};
 use boldstream::stage::Stage;
-use boldstream::volume::Volume;
+use boldstream::tools::simulate::motion::MotionModel;
+use boldstream::tools::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::types::mask::SessionMask;
+use boldstream::types::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
+use boldstream::types::transform::ref_to_volume_from_par;
+use boldstream::types::volume::Volume;
 use nalgebra::Matrix4;
 
 fn ingested(i: u32, volume: Volume) -> IngestEvent {
@@ -51,7 +51,7 @@ fn a_configured_reference_and_target_grid_are_used_in_one_resampling() {
     write_volume(&reference_path, &series.volume(0), &WriteOptions::default()).unwrap();
     // The "calibration" grid: coarser voxels, shifted and differently sized,
     // and a world transform of 4 mm along y between the two sessions.
-    let target = Volume::zeros(boldstream::volume::Grid {
+    let target = Volume::zeros(boldstream::types::volume::Grid {
         dims: [50, 52, 30],
         pixdim: [3.5, 3.5, 3.5],
         affine: Matrix4::new(

@@ -5,15 +5,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use boldstream::report::metrics::{
+use boldstream::formats::png::{read_png, write_png};
+use boldstream::tools::report::metrics::{
     percentiles, pixcorr, resize_bilinear, ssim, to_grey, top1_among, two_way,
 };
-use boldstream::report::plot::motion_svg;
-use boldstream::report::{
+use boldstream::tools::report::plot::motion_svg;
+use boldstream::tools::report::{
     Metrics, ReportData, ReportError, StageLatency, TrialRow, compute_metrics, session_metrics,
     write_report,
 };
-use boldstream::sinks::image::{read_png, write_png};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

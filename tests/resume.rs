@@ -15,12 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use boldstream::events::{Event, write_events};
+use boldstream::formats::events_tsv::write_events;
 use boldstream::formats::nifti;
-use boldstream::simulate::faults::FaultPlan;
-use boldstream::simulate::synth::{SynthSeries, SynthSpec};
-use boldstream::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
-use boldstream::volume::{Grid, Volume};
+use boldstream::tools::simulate::faults::FaultPlan;
+use boldstream::tools::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::tools::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
+use boldstream::types::events::Event;
+use boldstream::types::volume::{Grid, Volume};
 
 const BIN: &str = env!("CARGO_BIN_EXE_boldstream");
 const GUARD: Duration = Duration::from_secs(180);

@@ -19,16 +19,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use boldstream::messages::{
-    FeedbackSample, FeedbackValue, IngestEvent, IngestTiming, PipelineEvent, RealignedVolume,
-    TrialDecoded, VolumeKey,
-};
 use boldstream::pipeline::{Pipeline, PipelineOptions};
-use boldstream::realign::transform::MotionParams;
 use boldstream::serve::feed::Topic;
 use boldstream::serve::metrics::SurfaceLabel;
 use boldstream::serve::protocol::{MAX_LINE, TcpOptions, start_tcp_with, start_udp};
 use boldstream::serve::{Hub, HubConfig, HubHandle};
+use boldstream::types::messages::{
+    FeedbackSample, FeedbackValue, IngestEvent, IngestTiming, PipelineEvent, RealignedVolume,
+    TrialDecoded, VolumeKey,
+};
+use boldstream::types::transform::MotionParams;
 use serde_json::Value;
 
 const GUARD: Duration = Duration::from_secs(120);

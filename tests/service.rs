@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use boldstream::config::Config;
 use boldstream::ingest::IngestConfig;
-use boldstream::messages::PipelineEvent;
 use boldstream::pipeline::{Pipeline, PipelineOptions};
-use boldstream::simulate::faults::FaultPlan;
-use boldstream::simulate::synth::{SynthSeries, SynthSpec};
-use boldstream::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
+use boldstream::tools::simulate::faults::FaultPlan;
+use boldstream::tools::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::tools::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
+use boldstream::types::messages::PipelineEvent;
 
 const BIN: &str = env!("CARGO_BIN_EXE_boldstream");
 const UNIT: &str = include_str!("../systemd/boldstream.service");

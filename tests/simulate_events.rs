@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use boldstream::events::EventsError;
-use boldstream::simulate::{
+use boldstream::formats::events_tsv::EventsError;
+use boldstream::tools::simulate::{
     Event, MotionModel, SimError, SynthSeries, SynthSpec, read_events, write_events,
 };
 

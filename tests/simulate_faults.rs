@@ -7,12 +7,12 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use boldstream::formats::nifti::{WriteOptions, encode_volume, read_volume};
-use boldstream::messages::VolumeKey;
-use boldstream::simulate::{
+use boldstream::tools::simulate::{
     CorruptKind, DupMode, Fault, FaultPlan, Naming, Pace, ReplaySeries, ScanWriter,
     SimulationReport, SynthSeries, SynthSpec, TruthLocation, VolumeSource, WriterOptions, simulate,
     write_4d,
 };
+use boldstream::types::messages::VolumeKey;
 
 fn spec(volumes: usize) -> SynthSpec {
     SynthSpec {

@@ -1,10 +1,10 @@
 //! The synthetic series: exact truth, contrast, noise level, task and drift.
 
-use boldstream::realign::transform::MotionParams;
-use boldstream::simulate::{
+use boldstream::tools::simulate::{
     DriftSpec, MotionModel, MotionSpec, SynthSeries, SynthSpec, Tissue, read_motion_par,
 };
-use boldstream::volume::{Grid, Volume};
+use boldstream::types::transform::MotionParams;
+use boldstream::types::volume::{Grid, Volume};
 use nalgebra::{Matrix4, Vector3};
 
 /// A small, quick session: 32×36×24 voxels of 5 mm.
@@ -191,13 +191,13 @@ fn truth_round_trips_through_motion_params_and_par_files() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("export");
     let truth = dir.path().join("truth");
-    let opts = boldstream::simulate::WriterOptions {
-        pace: boldstream::simulate::Pace::Fast,
-        truth: boldstream::simulate::TruthLocation::Dir(truth.clone()),
+    let opts = boldstream::tools::simulate::WriterOptions {
+        pace: boldstream::tools::simulate::Pace::Fast,
+        truth: boldstream::tools::simulate::TruthLocation::Dir(truth.clone()),
         ..Default::default()
     };
-    let plan = boldstream::simulate::FaultPlan::none();
-    boldstream::simulate::ScanWriter::new(&out, opts)
+    let plan = boldstream::tools::simulate::FaultPlan::none();
+    boldstream::tools::simulate::ScanWriter::new(&out, opts)
         .run(&s, &plan)
         .unwrap();
     let par = read_motion_par(&truth.join("motion_truth.par")).unwrap();
@@ -294,7 +294,7 @@ fn task_and_drift_scale_the_phantom_exactly() {
         volumes_per_run: 40,
         tr: 1.0,
         activation: 0.02,
-        events: Some(vec![vec![boldstream::simulate::Event {
+        events: Some(vec![vec![boldstream::tools::simulate::Event {
             onset: 2.0,
             duration: 3.0,
             trial_type: "stimulus".into(),

@@ -24,16 +24,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::decode::manifest::{ModelManifest, TargetsSpec, TensorSpec};
-use crate::events::{Event, read_events};
+use crate::decode::manifest::{ModelManifest, TargetsSpec};
+use crate::decode::tensor::TensorSpec;
+use crate::formats::events_tsv::read_events;
 use crate::formats::nifti::{self, WriteOptions};
-use crate::glm::run::{RunGlm, Schedule};
-use crate::glm::stage::GlmConfig;
-use crate::mask::SessionMask;
-use crate::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
+use crate::glm::run::RunGlm;
+use crate::glm::spec::GlmConfig;
 use crate::realign::{RealignConfig, Realigner};
 use crate::stage::Stage;
-use crate::volume::Volume;
+use crate::types::events::Event;
+use crate::types::mask::SessionMask;
+use crate::types::messages::{IngestEvent, IngestedVolume, PipelineEvent, VolumeKey};
+use crate::types::volume::Volume;
 
 /// Why calibration failed. Every message names the file or the step.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +61,10 @@ pub enum CalibrateError {
     },
     /// The model folder or ONNX Runtime could not be used.
     #[error(transparent)]
-    Model(#[from] crate::decode::manifest::ModelError),
+    Model(#[from] crate::decode::error::ModelError),
     /// ONNX Runtime could not be found or started.
     #[error(transparent)]
-    Runtime(#[from] crate::decode::runtime::RuntimeError),
+    Runtime(#[from] crate::decode::error::RuntimeError),
 }
 
 fn input_err(path: &Path, message: impl Into<String>) -> CalibrateError {
@@ -316,11 +318,7 @@ pub fn estimate_betas_from<'a>(
                                 spec.clone(),
                                 planned,
                                 rv.masked.len(),
-                                Schedule {
-                                    delay: settings.glm.delay,
-                                    min_dof: settings.glm.min_dof,
-                                    skip_trial_types: settings.glm.skip_trial_types.clone(),
-                                },
+                                settings.glm.schedule(),
                                 &events,
                             )
                         });
@@ -504,7 +502,7 @@ pub fn targets_for(
             let mut buf = Vec::new();
             for id in ids {
                 let path = images.join(format!("{id}.png"));
-                let (pixels, chw) = crate::sinks::image::read_png(&path)
+                let (pixels, chw) = crate::formats::png::read_png(&path)
                     .map_err(|e| input_err(&path, format!("calibration image: {e}")))?;
                 if chw != want {
                     return Err(input_err(
@@ -529,7 +527,7 @@ pub fn targets_for(
         } => {
             let bytes = std::fs::read(file).map_err(|e| input_err(file, e.to_string()))?;
             let (values, rows, cols) =
-                crate::sinks::npy::decode_2d(&bytes).map_err(|e| input_err(file, e))?;
+                crate::formats::npy::decode_2d(&bytes).map_err(|e| input_err(file, e))?;
             let names = std::fs::read_to_string(ids_file)
                 .map_err(|e| input_err(ids_file, e.to_string()))?;
             let names: Vec<&str> = names.lines().map(str::trim).collect();
@@ -581,7 +579,7 @@ fn stats(rows: &[&[f32]], v: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn npy_2d(path: &Path, rows: usize, cols: usize, values: &[f32]) -> Result<(), CalibrateError> {
-    let mut w = crate::sinks::npy::NpyAppender::create(path, cols).map_err(write_err(path))?;
+    let mut w = crate::formats::npy::NpyAppender::create(path, cols).map_err(write_err(path))?;
     for r in 0..rows {
         w.append(&values[r * cols..(r + 1) * cols])
             .map_err(write_err(path))?;
@@ -590,7 +588,7 @@ fn npy_2d(path: &Path, rows: usize, cols: usize, values: &[f32]) -> Result<(), C
 }
 
 fn write_text(path: &Path, text: &str) -> Result<(), CalibrateError> {
-    crate::sinks::atomic_write(path, text.as_bytes()).map_err(write_err(path))
+    crate::formats::atomic_write(path, text.as_bytes()).map_err(write_err(path))
 }
 
 fn write_mask(path: &Path, mask: &SessionMask) -> Result<(), CalibrateError> {
@@ -809,19 +807,25 @@ pub fn fit_subject(
         }
         (None, None) => return Err(CalibrateError::Step("nothing fitted".into())),
     };
-    let shape = |s: &[i64]| {
-        s.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let toml = format!(
-        "format = 1\nsubject = \"{}\"\nvoxels = {v}\nmask = \"mask.nii.gz\"\nreference = \"reference.nii.gz\"\nzscore = \"zscore.npy\"\n\n[adapter]\nfile = \"adapter.onnx\"\ninput = {{ name = \"{input_name}\", shape = [1, {v}], dtype = \"float32\" }}\noutput = {{ name = \"{}\", shape = [{}], dtype = \"float32\" }}\n",
-        opts.subject.replace('"', "'"),
-        adapter_out.name,
-        shape(&adapter_out.shape)
-    );
-    write_text(&out.join("subject.toml"), &toml)?;
+    crate::decode::manifest::SubjectManifest {
+        format: crate::decode::manifest::FORMAT,
+        subject: opts.subject.clone(),
+        voxels: v,
+        adapter: crate::decode::manifest::AdapterSpec {
+            file: "adapter.onnx".into(),
+            input: TensorSpec {
+                name: input_name.to_string(),
+                shape: vec![1, v as i64],
+                dtype: crate::decode::tensor::Dtype::Float32,
+            },
+            output: adapter_out.clone(),
+        },
+        mask: Some("mask.nii.gz".into()),
+        reference: Some("reference.nii.gz".into()),
+        zscore: Some("zscore.npy".into()),
+        path: PathBuf::new(),
+    }
+    .write(out)?;
     // An external adapter must fit the subject mask: check now, not live.
     let manifest = crate::decode::manifest::SubjectManifest::load(out)?;
     manifest.check_against(&model)?;
@@ -894,99 +898,6 @@ fn take_columns(x: &[f32], n: usize, v: usize, cols: &[usize]) -> Vec<f32> {
         out.extend(cols.iter().map(|&c| row[c]));
     }
     out
-}
-
-/// `boldstream calibrate`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CalibrateArgs {
-    /// Model folder (its `[targets]` say what the adapter is fitted to).
-    #[arg(long, default_value = "onnx/demo")]
-    pub model: PathBuf,
-    /// Subject folder to write.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Subject id.
-    #[arg(long, default_value = "subject")]
-    pub subject: String,
-    /// A run: a 4-D NIfTI file or a folder of 3-D volumes; repeat, in order.
-    #[arg(long = "run", required = true)]
-    pub runs: Vec<PathBuf>,
-    /// The events table of each run, in the same order.
-    #[arg(long = "events", required = true)]
-    pub events: Vec<PathBuf>,
-    /// Repetition time in seconds (default: the data's header).
-    #[arg(long)]
-    pub tr: Option<f64>,
-    /// Region mask on the reference grid (default: the brain).
-    #[arg(long)]
-    pub region: Option<PathBuf>,
-    /// Reference volume (default: the first volume of the first run).
-    #[arg(long)]
-    pub reference: Option<PathBuf>,
-    /// Use the first part of the trials (0 < f ≤ 1), e.g. for a learning curve.
-    #[arg(long, default_value_t = 1.0)]
-    pub fraction: f64,
-    /// No reliability-based voxel selection.
-    #[arg(long)]
-    pub no_selection: bool,
-    /// Install this adapter (fitted elsewhere, e.g. a MindEye2 fine-tune on
-    /// the exported betas) instead of fitting one.
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
-    /// GLM noise model: ar1 or ols.
-    #[arg(long, default_value = "ar1")]
-    pub noise_model: String,
-}
-
-/// Run `boldstream calibrate`.
-pub fn run_cli(args: &CalibrateArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.runs.len() == args.events.len(),
-        "{} runs but {} events tables: give one --events per --run, in the same order",
-        args.runs.len(),
-        args.events.len()
-    );
-    let runs: Vec<RunInput> = args
-        .runs
-        .iter()
-        .zip(&args.events)
-        .map(|(d, e)| RunInput {
-            data: d.clone(),
-            events: e.clone(),
-        })
-        .collect();
-    let mut settings = BetaSettings {
-        region: args.region.clone(),
-        reference: args.reference.clone(),
-        ..BetaSettings::default()
-    };
-    settings.glm.tr = args.tr;
-    settings.glm.noise_model = crate::glm::offline::parse_noise(&args.noise_model)?;
-    let betas = estimate_betas(&runs, &settings)?;
-    println!(
-        "calibration betas: {} trials from {} runs ({} volumes; realign {:.1} s, GLM {:.1} s), {} region voxels, {} trials without a beta",
-        betas.trials.len(),
-        betas.motion.len(),
-        betas.volumes,
-        betas.seconds.1,
-        betas.seconds.2,
-        betas.region.len(),
-        betas.skipped.len()
-    );
-    let opts = FitOptions {
-        subject: args.subject.clone(),
-        fraction: args.fraction,
-        thresholds: if args.no_selection {
-            Vec::new()
-        } else {
-            FitOptions::default().thresholds
-        },
-        adapter: args.adapter.clone(),
-        ..FitOptions::default()
-    };
-    let r = fit_subject(&betas, &args.model, &args.out, &opts)?;
-    print_fit(&r);
-    Ok(())
 }
 
 /// One line about a fit.

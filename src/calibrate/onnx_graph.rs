@@ -480,7 +480,7 @@ pub fn write_linear_adapter(
     doc: &str,
 ) -> Result<(), OnnxError> {
     let bytes = linear_adapter(weights, bias, voxels, latent, input, output, doc)?;
-    crate::sinks::atomic_write(path, &bytes).map_err(|source| OnnxError::Io {
+    crate::formats::atomic_write(path, &bytes).map_err(|source| OnnxError::Io {
         path: path.to_path_buf(),
         source,
     })

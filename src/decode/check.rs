@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use super::manifest::ModelError;
+use super::error::ModelError;
 use super::stage::{DecodeConfig, Warmed, load_and_warm};
 
 /// Run the check, printing to `out`.

@@ -10,149 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::error::ModelError;
+use super::tensor::{Dtype, TensorSpec, shape_str, shapes_agree};
+
 /// The manifest versions this build reads.
 pub const FORMAT: u32 = 1;
-
-/// Why a model or subject folder cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    /// A file could not be read.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A manifest is malformed or inconsistent.
-    #[error("{}: {message}", path.display())]
-    Manifest {
-        /// The manifest.
-        path: PathBuf,
-        /// What is wrong, naming the field.
-        message: String,
-    },
-    /// A graph could not be loaded or run.
-    #[error("{role} graph {}: {message}", path.display())]
-    Graph {
-        /// Its role.
-        role: &'static str,
-        /// The `.onnx` file.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// A graph's inputs or outputs disagree with the manifest.
-    #[error("{role} graph {}: {tensor}: the manifest says {expected}, the graph has {found}", path.display())]
-    Mismatch {
-        /// Its role.
-        role: &'static str,
-        /// The `.onnx` file.
-        path: PathBuf,
-        /// Which tensor (and which property).
-        tensor: String,
-        /// What the manifest says.
-        expected: String,
-        /// What the graph has.
-        found: String,
-    },
-    /// The retrieval bank is unusable.
-    #[error("retrieval bank {}: {message}", path.display())]
-    Bank {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// The subject's adapter does not fit the session's mask.
-    #[error(
-        "subject {subject}: the adapter takes {adapter} voxels but the session mask has {mask}; \
-         use the subject's own mask (realign.mask) or refit the adapter"
-    )]
-    VoxelCount {
-        /// The subject.
-        subject: String,
-        /// Voxels the adapter takes.
-        adapter: usize,
-        /// Voxels in the session mask.
-        mask: usize,
-    },
-    /// A `[decode]` setting is out of range.
-    #[error("[decode] {key} = {value}: {message}")]
-    Setting {
-        /// The setting.
-        key: &'static str,
-        /// Its value, as given.
-        value: String,
-        /// What it must be.
-        message: &'static str,
-    },
-    /// ONNX Runtime could not be loaded or set up.
-    #[error(transparent)]
-    Runtime(#[from] super::runtime::RuntimeError),
-}
-
-/// Element types the decode stage feeds and reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    /// 32-bit float.
-    Float32,
-    /// 64-bit signed integer (timesteps).
-    Int64,
-}
-
-impl std::fmt::Display for Dtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Dtype::Float32 => "float32",
-            Dtype::Int64 => "int64",
-        })
-    }
-}
-
-/// One input or output of a graph: name, shape (`-1` = free) and dtype.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TensorSpec {
-    /// The name in the graph.
-    pub name: String,
-    /// Dimensions; `-1` where the graph leaves one free.
-    pub shape: Vec<i64>,
-    /// Element type.
-    pub dtype: Dtype,
-}
-
-impl TensorSpec {
-    /// Elements, counting a free dimension as 1 (the batch).
-    pub fn len(&self) -> usize {
-        self.shape.iter().map(|&d| d.max(1) as usize).product()
-    }
-
-    /// True for a shape with a zero dimension.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The concrete shape fed to the graph (free dimensions as 1).
-    pub fn concrete(&self) -> Vec<i64> {
-        self.shape.iter().map(|&d| d.max(1)).collect()
-    }
-
-    fn float(name: &str, shape: &[i64]) -> TensorSpec {
-        TensorSpec {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            dtype: Dtype::Float32,
-        }
-    }
-}
-
-/// Shape display as the manifest writes it.
-pub fn shape_str(shape: &[i64]) -> String {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    format!("[{}]", dims.join(", "))
-}
 
 /// Where a graph names one of its tensors by name only, or in full.
 #[derive(Debug, Clone, Deserialize)]
@@ -199,12 +61,6 @@ impl TensorRef {
             }
         }
     }
-}
-
-/// Two shapes agree when their ranks are equal and every dimension is
-/// equal or free (`-1`) on either side.
-pub fn shapes_agree(a: &[i64], b: &[i64]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| x == y || x < 0 || y < 0)
 }
 
 fn manifest_err(path: &Path, message: String) -> ModelError {
@@ -1034,7 +890,7 @@ fn onepass_image(
 }
 
 /// `[adapter]` of a subject folder.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterSpec {
     /// The graph.
@@ -1045,8 +901,10 @@ pub struct AdapterSpec {
     pub output: TensorSpec,
 }
 
-/// A parsed `subject.toml` with absolute paths.
-#[derive(Debug, Clone, Deserialize)]
+/// `subject.toml`, one type both ways: calibration writes it
+/// ([`SubjectManifest::write`], paths relative to the folder) and the
+/// decoder reads it ([`SubjectManifest::load`], paths made absolute).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectManifest {
     /// Manifest version (1).
@@ -1060,16 +918,16 @@ pub struct SubjectManifest {
     /// The subject's mask on the session reference grid, whose voxels in
     /// `np.where` order are the adapter's input order (optional; the
     /// calibration session writes it).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<PathBuf>,
     /// The calibration session's reference volume: the grid the mask lives
     /// on. A live session registers it to its own reference once and
     /// resamples every volume onto it (optional).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<PathBuf>,
     /// Beta normalisation statistics from calibration: a `(2, voxels)`
     /// `.npy` of per-voxel mean and standard deviation (optional).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zscore: Option<PathBuf>,
     /// The manifest file.
     #[serde(skip)]
@@ -1077,6 +935,21 @@ pub struct SubjectManifest {
 }
 
 impl SubjectManifest {
+    /// Write this as `dir/subject.toml` (atomically); its paths are written
+    /// as they are, so give them relative to `dir`.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf, ModelError> {
+        let file = dir.join("subject.toml");
+        let text = toml::to_string(self).map_err(|e| ModelError::Manifest {
+            path: file.clone(),
+            message: format!("cannot be written: {e}"),
+        })?;
+        crate::formats::atomic_write(&file, text.as_bytes()).map_err(|source| ModelError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        Ok(file)
+    }
+
     /// Read `subject.toml` (or the given `.toml`) from a subject folder.
     pub fn load(path: &Path) -> Result<SubjectManifest, ModelError> {
         let file = if path.is_dir() {

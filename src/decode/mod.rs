@@ -1,7 +1,7 @@
 //! Decoding: each trial's beta into a retrieval and a reconstruction, by
 //! ONNX graphs run in process.
 //!
-//! In: [`crate::messages::TrialBeta`]s. Out: retrieval top-k at once, a
+//! In: [`crate::types::messages::TrialBeta`]s. Out: retrieval top-k at once, a
 //! reconstructed image after, per-graph and per-step timings.
 //!
 //! - [`manifest`]: the model and subject folders' TOML manifests.
@@ -14,6 +14,7 @@
 //! - [`check`]: `boldstream models check`.
 
 pub mod check;
+pub mod error;
 pub mod manifest;
 pub mod models;
 pub mod retrieval;
@@ -21,6 +22,13 @@ pub mod runtime;
 pub mod sampler;
 pub mod schedule;
 pub mod stage;
+pub mod tensor;
 
-pub use manifest::ModelError;
+pub use error::ModelError;
+
+/// The ONNX Runtime minor version this build's API level needs (1.31).
+pub const ORT_MINOR: u32 = ort::MINOR_VERSION;
+
+/// The PyPI package versions the README's set-up installs.
+pub const ORT_PYPI: &str = "1.31.1";
 pub use stage::{DecodeConfig, DecodeStage};

@@ -10,9 +10,9 @@
 use std::path::Path;
 use std::time::Instant;
 
+use super::error::ModelError;
 use super::manifest::{
-    DecoderIo, DecoderSampler, DiscreteKind, Dtype, ModelError, ModelManifest, Prediction,
-    PriorSpec, SubjectManifest, TensorSpec,
+    DecoderIo, DecoderSampler, DiscreteKind, ModelManifest, Prediction, PriorSpec, SubjectManifest,
 };
 use super::retrieval::{Bank, Candidate};
 use super::runtime::{Graph, Input, Runtime};
@@ -20,6 +20,7 @@ use super::sampler::{
     Denoise, DiscreteRun, DiscreteSchedule, EulerRun, Level, NoiseSource, SeededNoise,
     sample_discrete, sample_euler,
 };
+use super::tensor::{Dtype, TensorSpec};
 
 /// Time one graph call took inside ONNX Runtime.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,7 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::manifest::{ModelError, RetrievalSpec};
+use super::error::ModelError;
+use super::manifest::RetrievalSpec;
 
 /// One retrieved candidate.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +67,7 @@ impl Bank {
             source,
         })?;
         let (values, n, e) =
-            crate::sinks::npy::decode_2d(&bytes).map_err(|m| bank_err(&spec.embeddings, m))?;
+            crate::formats::npy::decode_2d(&bytes).map_err(|m| bank_err(&spec.embeddings, m))?;
         if e != dim {
             return Err(bank_err(
                 &spec.embeddings,

@@ -20,57 +20,11 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{TensorElementType, TensorRef, ValueType};
 use serde::Deserialize;
 
-use super::manifest::{Dtype, ModelError, TensorSpec, shape_str};
+use super::error::ModelError;
+use super::error::RuntimeError;
+use super::tensor::{Dtype, TensorSpec, shape_str};
 
-/// The ONNX Runtime minor version this build's API level needs (1.31).
-pub const ORT_MINOR: u32 = ort::MINOR_VERSION;
-
-/// The PyPI package versions the README's set-up installs.
-pub const ORT_PYPI: &str = "1.31.1";
-
-/// Why ONNX Runtime could not be used.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RuntimeError {
-    /// No library was found anywhere we looked.
-    #[error(
-        "ONNX Runtime (libonnxruntime.so) not found; looked at: {}. Install it from PyPI \
-         (python3 -m venv .venv && .venv/bin/pip install onnxruntime=={ORT_PYPI}, or \
-         onnxruntime-gpu=={ORT_PYPI} for CUDA) and point [decode] onnxruntime or \
-         BOLDSTREAM_ORT_DYLIB at .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*",
-        tried.join(", ")
-    )]
-    NotFound {
-        /// Every place tried, with why it did not do.
-        tried: Vec<String>,
-    },
-    /// The library is there but could not be loaded or is too old.
-    #[error(
-        "ONNX Runtime at {}: {message}. boldstream needs ONNX Runtime 1.{ORT_MINOR} or newer \
-         (pip install onnxruntime=={ORT_PYPI})",
-        path.display()
-    )]
-    Load {
-        /// The library.
-        path: PathBuf,
-        /// What went wrong.
-        message: String,
-    },
-    /// A second, different library was asked for after one was loaded.
-    #[error(
-        "ONNX Runtime is already loaded from {} in this process; cannot switch to {}",
-        loaded.display(),
-        wanted.display()
-    )]
-    AlreadyLoaded {
-        /// The one in use.
-        loaded: PathBuf,
-        /// The one asked for.
-        wanted: PathBuf,
-    },
-    /// A GPU was required and is not usable.
-    #[error("{0}")]
-    GpuRequired(String),
-}
+use super::{ORT_MINOR, ORT_PYPI};
 
 /// Which execution provider runs the graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -529,7 +483,7 @@ impl Runtime {
                     format!("{ty:?}").to_lowercase(),
                 ));
             }
-            if !super::manifest::shapes_agree(&spec.shape, &shape) {
+            if !super::tensor::shapes_agree(&spec.shape, &shape) {
                 return Err(mismatch(
                     format!("{kind} `{}` shape", spec.name),
                     shape_str(&spec.shape),

@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use serde::Deserialize;
 
-use super::manifest::{ModelError, SubjectManifest};
+use super::error::ModelError;
+use super::manifest::SubjectManifest;
 use super::models::{FastPath, ModelSet, Reconstruction, Reconstructor, warm_up};
 use super::runtime::{DeviceChoice, Runtime, RuntimeConfig};
 use super::schedule::{DropReason, ReconPolicy, Scheduler};
-use crate::messages::{
+use crate::types::messages::{
     DecoderReport, GraphReport, PipelineEvent, TrialBeta, TrialDecoded, TrialReconstructed,
 };
 
@@ -359,8 +360,8 @@ impl DecodeStage {
 
     /// What this stage does with betas (a resumed session decides from it
     /// which stored betas still need decoding).
-    pub fn outputs(&self) -> crate::resume::DecodeOutputs {
-        crate::resume::DecodeOutputs {
+    pub fn outputs(&self) -> crate::session::resume::DecodeOutputs {
+        crate::session::resume::DecodeOutputs {
             decodes: self.fast.is_some(),
             warmup: self.decode_warmup,
             reconstructs: self.worker.is_some(),

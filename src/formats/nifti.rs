@@ -25,7 +25,7 @@ use flate2::bufread::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use nalgebra::{Matrix3, Matrix4};
 
-use crate::volume::{Grid, Volume};
+use crate::types::volume::{Grid, Volume};
 
 const NIFTI1_HEADER_BYTES: usize = 348;
 const NIFTI2_HEADER_BYTES: usize = 540;

@@ -16,8 +16,8 @@ use std::path::PathBuf;
 
 use super::model::{FrameSource, RunModel};
 use crate::formats::nifti;
-use crate::mask::SessionMask;
-use crate::messages::FeedbackValue;
+use crate::types::mask::SessionMask;
+use crate::types::messages::FeedbackValue;
 
 /// `[glm.feedback]`.
 #[derive(Debug, Clone, Default, serde::Deserialize)]

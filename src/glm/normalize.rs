@@ -53,7 +53,7 @@ pub fn read_stats(path: &Path, voxels: usize) -> Result<Stats, StatsError> {
         message,
     };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let (values, rows, cols) = crate::sinks::npy::decode_2d(&bytes).map_err(err)?;
+    let (values, rows, cols) = crate::formats::npy::decode_2d(&bytes).map_err(err)?;
     if rows != 2 || cols != voxels {
         return Err(err(format!(
             "shape ({rows}, {cols}); expected (2, {voxels}): mean and std per masked voxel"
@@ -226,7 +226,7 @@ mod tests {
     fn calibration_statistics_are_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("stats.npy");
-        let mut a = crate::sinks::npy::NpyAppender::create(&p, 3).unwrap();
+        let mut a = crate::formats::npy::NpyAppender::create(&p, 3).unwrap();
         a.append(&[1.0, 2.0, 3.0]).unwrap();
         a.append(&[0.5, 1.0, 2.0]).unwrap();
         let Stats::Fixed { mean, std } = read_stats(&p, 3).unwrap() else {
@@ -238,7 +238,7 @@ mod tests {
             e.contains("stats.npy") && e.contains("expected (2, 4)"),
             "{e}"
         );
-        let mut bad = crate::sinks::npy::NpyAppender::create(&p, 2).unwrap();
+        let mut bad = crate::formats::npy::NpyAppender::create(&p, 2).unwrap();
         bad.append(&[0.0, 0.0]).unwrap();
         bad.append(&[1.0, -1.0]).unwrap();
         assert!(

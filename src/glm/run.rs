@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use super::design::Stimulus;
 use super::model::{Estimate, EstimateError, FrameSource, ModelSpec, RunModel};
-use crate::buffer::RunBuffer;
-use crate::events::Event;
+use crate::glm::buffer::RunBuffer;
+use crate::types::events::Event;
 
 /// Scheduling settings.
 #[derive(Debug, Clone, PartialEq)]

@@ -43,7 +43,7 @@ use crossbeam_channel::Sender;
 
 pub use config::{EventSource, IngestConfig, WatchMode};
 
-use crate::messages::IngestEvent;
+use crate::types::messages::IngestEvent;
 
 /// Why the ingest stage could not start (or stopped abnormally).
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@
 
 use regex::Regex;
 
-use crate::messages::VolumeKey;
+use crate::types::messages::VolumeKey;
 
 use super::IngestError;
 

@@ -10,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::messages::VolumeKey;
+use crate::types::messages::VolumeKey;
 
 /// What goes into the reason file.
 #[derive(Debug, Clone)]

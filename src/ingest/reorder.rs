@@ -35,7 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::messages::{MissingReason, VolumeKey};
+use crate::types::messages::{MissingReason, VolumeKey};
 
 /// The knobs of the ordering logic.
 #[derive(Debug, Clone)]
@@ -155,7 +155,7 @@ impl<T> Run<T> {
     }
 }
 
-/// A run as a resumed session left it (see [`crate::resume`]).
+/// A run as a resumed session left it (see [`crate::session::resume`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumedRun {
     /// Run number.

@@ -30,9 +30,9 @@ use super::validate;
 use super::watch::{self, Msg, Origin, Watching};
 use super::{Counters, IngestError};
 use crate::formats::nifti;
-use crate::messages::{IngestEvent, IngestTiming, IngestedVolume, MissingReason, VolumeKey};
 use crate::stage::{Delivery, Outlet};
-use crate::volume::{Grid, Volume};
+use crate::types::messages::{IngestEvent, IngestTiming, IngestedVolume, MissingReason, VolumeKey};
+use crate::types::volume::{Grid, Volume};
 
 /// A decoded, validated volume waiting for its turn.
 #[derive(Debug)]

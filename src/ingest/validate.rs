@@ -4,7 +4,7 @@
 //! good volume). Out: `Ok` or the problem in words; plus a cheap checksum
 //! used to tell a rewritten file from one whose mtime was merely touched.
 
-use crate::volume::{Grid, Volume};
+use crate::types::volume::{Grid, Volume};
 
 /// Why a decoded volume cannot be used, or `Ok`.
 pub fn check(vol: &Volume, run: u32, run_grid: Option<&Grid>, tol_mm: f64) -> Result<(), String> {

@@ -18,7 +18,6 @@ pub mod optimizer;
 pub mod pyramid;
 pub mod register;
 pub mod resample;
-pub mod transform;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,12 +27,14 @@ use std::time::Instant;
 use nalgebra::Matrix4;
 
 use crate::formats::nifti;
-use crate::mask::SessionMask;
-use crate::messages::{IngestEvent, IngestedVolume, PipelineEvent, RealignedVolume};
-use crate::volume::Volume;
+use crate::types::mask::SessionMask;
+use crate::types::messages::{
+    CrossSession, IngestEvent, IngestedVolume, PipelineEvent, RealignedVolume,
+};
+use crate::types::transform::{MotionParams, framewise_displacement, par_from_ref_to_volume};
+use crate::types::volume::Volume;
 use register::{Registration, RegistrationOptions};
 use resample::Resampler;
-use transform::{MotionParams, framewise_displacement, par_from_ref_to_volume};
 
 /// Why a volume could not be realigned.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -117,30 +118,13 @@ struct Session {
     announced: bool,
 }
 
-/// Where the calibration session's reference lies in this session: the
-/// once-per-session registration behind `register_target`.
-#[derive(Debug, Clone)]
-pub struct CrossSession {
-    /// The target image (the calibration reference).
-    pub target: String,
-    /// World (RAS mm) map from the target's frame to this session's
-    /// reference frame, row-major.
-    pub target_to_reference: [[f64; 4]; 4],
-    /// The same map as MCFLIRT-convention parameters about this session's
-    /// reference centre (this session's reference → the target): how far
-    /// the head moved between sessions.
-    pub params: MotionParams,
-    /// Registration time in seconds.
-    pub seconds: f64,
-}
-
 /// Register `target` (e.g. the calibration session's reference) to the
 /// session reference prepared in `registration` (whose grid is
 /// `reference`'s). Returns the world map from the target's frame to the
 /// reference's, ready for [`Resampler::onto_grid`], with its parameters.
 pub fn register_across_sessions(
     registration: &Registration,
-    reference: &crate::volume::Grid,
+    reference: &crate::types::volume::Grid,
     target: &Volume,
 ) -> Result<(Matrix4<f64>, MotionParams), RealignError> {
     let reg = registration.register(target, &registration.world_init(target.grid()))?;

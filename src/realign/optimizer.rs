@@ -9,7 +9,7 @@ use nalgebra::{Matrix4, Vector3};
 use super::RealignError;
 use super::interpolate::ImageRef;
 use super::metric::ReferenceLevel;
-use super::transform::{rigid, rigid_inverse, rotation_from_vector};
+use crate::types::transform::{rigid, rigid_inverse, rotation_from_vector};
 
 /// Stopping rules for one pyramid level.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,7 @@
 use nalgebra::Matrix4;
 
 use super::interpolate::Image;
-use crate::volume::{Grid, Volume};
+use crate::types::volume::{Grid, Volume};
 
 /// The geometry of one pyramid level.
 #[derive(Debug, Clone)]
@@ -178,7 +178,7 @@ pub fn smooth_binomial(src: &[f32], dims: [usize; 3]) -> Image {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::Grid;
+    use crate::types::volume::Grid;
     use nalgebra::Vector3;
 
     #[test]

@@ -11,10 +11,10 @@ use super::interpolate::{Image, ImageRef};
 use super::metric::ReferenceLevel;
 use super::optimizer::{GaussNewton, LevelReport};
 use super::pyramid::{LevelGeometry, downsample, level_factors, smooth_binomial};
-use crate::volume::{Grid, Volume};
+use crate::types::volume::{Grid, Volume};
 
 /// Tuning of the registration; the defaults are what the accuracy tests and
-/// benchmarks in the README were measured with.
+/// benchmarks in docs/results.md were measured with.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrationOptions {

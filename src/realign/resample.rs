@@ -8,8 +8,8 @@
 use nalgebra::{Matrix4, Vector3};
 
 use super::interpolate::{ImageRef, trilinear_extrapolating, trilinear_interior};
-use crate::mask::SessionMask;
-use crate::volume::{Grid, Volume};
+use crate::types::mask::SessionMask;
+use crate::types::volume::{Grid, Volume};
 
 /// Maps output voxels to reference FSL mm once; per volume only the motion
 /// transform is composed in.
@@ -189,7 +189,7 @@ fn interior_span(start: [f32; 3], step: [f32; 3], dims: [usize; 3], n: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::realign::transform::{MotionParams, ref_to_volume_from_par};
+    use crate::types::transform::{MotionParams, ref_to_volume_from_par};
 
     fn ramp_volume(grid: &Grid) -> Volume {
         let [nx, ny, nz] = grid.dims;

@@ -22,7 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::messages::{IngestEvent, MissingReason, PipelineEvent, VolumeKey};
+use crate::types::messages::{IngestEvent, MissingReason, PipelineEvent, VolumeKey};
 
 /// Which stream a message belongs to (what a client subscribes to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -41,7 +41,7 @@ impl Topic {
     pub const ALL: [Topic; 3] = [Topic::Volume, Topic::Trial, Topic::Run];
 }
 
-pub use crate::messages::VolumeLatency;
+pub use crate::types::messages::VolumeLatency;
 
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)

@@ -24,7 +24,8 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 use super::feed::{self, FeedContext, FeedMessage, Topic, VolumeMsg};
 use super::metrics::Metrics;
 use super::results::ResultFiles;
-use crate::messages::{IngestEvent, PipelineEvent};
+use crate::types::key::TrialKey;
+use crate::types::messages::{IngestEvent, PipelineEvent};
 
 /// A published message: its topic, the message and its JSON line.
 #[derive(Debug)]
@@ -158,8 +159,8 @@ pub enum Request {
     LatestVolume(oneshot::Sender<Option<String>>),
     /// A trial's row (latest trial when `None`).
     Trial {
-        /// `(run, trial)`, or the latest.
-        key: Option<(u32, usize)>,
+        /// The trial, or the latest.
+        key: Option<TrialKey>,
         /// Reply.
         reply: oneshot::Sender<Option<String>>,
     },
@@ -271,7 +272,7 @@ impl HubHandle {
     }
 
     /// A trial's row (the latest trial for `None`).
-    pub async fn trial(&self, key: Option<(u32, usize)>) -> Result<Option<String>, HubError> {
+    pub async fn trial(&self, key: Option<TrialKey>) -> Result<Option<String>, HubError> {
         self.ask(|reply| Request::Trial { key, reply }).await
     }
 
@@ -358,8 +359,8 @@ pub struct Hub {
     counts: Counts,
     runs: BTreeMap<u32, RunStatus>,
     volumes: std::collections::VecDeque<VolumeMsg>,
-    trials: BTreeMap<(u32, usize), TrialRow>,
-    last_trial: Option<(u32, usize)>,
+    trials: BTreeMap<TrialKey, TrialRow>,
+    last_trial: Option<TrialKey>,
     notices: std::collections::VecDeque<String>,
     ingest: std::collections::VecDeque<FeedMessage>,
     decoder: Option<FeedMessage>,
@@ -433,8 +434,9 @@ impl Hub {
     }
 
     fn trial_mut(&mut self, run: u32, trial: usize) -> &mut TrialRow {
-        self.last_trial = Some((run, trial));
-        self.trials.entry((run, trial)).or_insert_with(|| TrialRow {
+        let key = TrialKey::new(run, trial);
+        self.last_trial = Some(key);
+        self.trials.entry(key).or_insert_with(|| TrialRow {
             run,
             trial,
             ..Default::default()
@@ -711,7 +713,7 @@ impl Hub {
                 run: v.run,
                 index: v.index,
             }),
-            last_trial: self.last_trial.map(|(run, trial)| TrialRef { run, trial }),
+            last_trial: self.last_trial,
             decoder: self.decoder.as_ref(),
         };
         serde_json::to_string(&status).unwrap_or_else(|_| "{}".into())
@@ -727,7 +729,7 @@ struct Status<'a> {
     counts: &'a Counts,
     runs: Vec<&'a RunStatus>,
     last_volume: Option<VolumeRef>,
-    last_trial: Option<TrialRef>,
+    last_trial: Option<TrialKey>,
     decoder: Option<&'a FeedMessage>,
 }
 
@@ -735,12 +737,6 @@ struct Status<'a> {
 struct VolumeRef {
     run: u32,
     index: u32,
-}
-
-#[derive(Serialize)]
-struct TrialRef {
-    run: u32,
-    trial: usize,
 }
 
 impl crate::stage::Sink for Hub {

@@ -50,6 +50,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::feed::Topic;
 use super::hub::{FeedGuard, HubError, HubHandle, Published};
+use crate::types::key::TrialKey;
 
 /// Longest request line, newline excluded.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -397,7 +398,7 @@ pub enum Query {
     /// The latest neurofeedback message.
     Feedback,
     /// A trial (the latest for `None`).
-    Trial(Option<(u32, usize)>),
+    Trial(Option<TrialKey>),
     /// A run (the latest for `None`).
     Run(Option<u32>),
     /// The whole snapshot.
@@ -518,7 +519,7 @@ pub fn parse_request(line: &str) -> Result<(Option<Value>, ClientRequest), BadRe
                 "feedback" => no_keys("feedback").map(|_| Query::Feedback)?,
                 "snapshot" => no_keys("snapshot").map(|_| Query::Snapshot)?,
                 "trial" => match (f.run, f.trial) {
-                    (Some(r), Some(t)) => Query::Trial(Some((r, t))),
+                    (Some(r), Some(t)) => Query::Trial(Some(TrialKey::new(r, t))),
                     (None, None) => Query::Trial(None),
                     _ => {
                         return Err("get trial: give both 'run' and 'trial', or neither for the latest trial".into());
@@ -956,7 +957,10 @@ mod tests {
         let (id, r) = parse_request(r#"{"type":"ping","id":7}"#).unwrap();
         assert_eq!((id, r), (Some(Value::from(7)), ClientRequest::Ping));
         let (_, r) = parse_request(r#"{"type":"get","what":"trial","run":1,"trial":3}"#).unwrap();
-        assert_eq!(r, ClientRequest::Get(Query::Trial(Some((1, 3)))));
+        assert_eq!(
+            r,
+            ClientRequest::Get(Query::Trial(Some(TrialKey::new(1, 3))))
+        );
         let (_, r) = parse_request(r#"{"type":"get","what":"run"}"#).unwrap();
         assert_eq!(r, ClientRequest::Get(Query::Run(None)));
         let (id, r) = parse_request(r#"{"type":"subscribe","id":"a"}"#).unwrap();

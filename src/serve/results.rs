@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::feed::{Candidate, FeedMessage, recon_file_name};
-use crate::messages::PipelineEvent;
+use crate::types::key::TrialKey;
+use crate::types::messages::PipelineEvent;
 
 /// One trial's result file.
 #[derive(Debug, Clone, Serialize, Default)]
@@ -53,7 +54,7 @@ pub struct TrialResult {
 /// The results folder and what has been written to it.
 pub struct ResultFiles {
     dir: PathBuf,
-    trials: HashMap<(u32, usize), TrialResult>,
+    trials: HashMap<TrialKey, TrialResult>,
     errors: u64,
 }
 
@@ -76,7 +77,7 @@ impl ResultFiles {
     fn entry(&mut self, run: u32, trial: usize, image_id: &Option<String>) -> &mut TrialResult {
         let r = self
             .trials
-            .entry((run, trial))
+            .entry(TrialKey::new(run, trial))
             .or_insert_with(|| TrialResult {
                 key: recon_file_name(run, trial)
                     .trim_end_matches(".png")
@@ -93,11 +94,11 @@ impl ResultFiles {
     }
 
     fn write_json(&mut self, run: u32, trial: usize) -> std::io::Result<()> {
-        let Some(r) = self.trials.get(&(run, trial)) else {
+        let Some(r) = self.trials.get(&TrialKey::new(run, trial)) else {
             return Ok(());
         };
         let json = serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?;
-        crate::sinks::atomic_write(&self.dir.join(format!("{}.json", r.key)), &json)
+        crate::formats::atomic_write(&self.dir.join(format!("{}.json", r.key)), &json)
     }
 
     /// Write what `ev` (whose feed message is `message`) adds to a trial's
@@ -133,7 +134,7 @@ impl ResultFiles {
                 },
             ) => {
                 let png = self.dir.join(recon_file_name(*run, *trial));
-                match crate::sinks::image::write_png(&png, &rec.image, rec.chw) {
+                match crate::formats::png::write_png(&png, &rec.image, rec.chw) {
                     Ok(()) => {
                         let r = self.entry(*run, *trial, image_id);
                         r.status = "reconstructed";

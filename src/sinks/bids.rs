@@ -28,8 +28,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::messages::{IngestEvent, PipelineEvent, RealignedVolume};
-use crate::sinks::atomic_write;
+use crate::formats::atomic_write;
+use crate::types::messages::{IngestEvent, PipelineEvent, RealignedVolume};
 
 /// The columns, in order.
 pub const COLUMNS: [&str; 9] = [

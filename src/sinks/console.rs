@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use crate::messages::{IngestEvent, MissingReason, PipelineEvent};
+use crate::types::messages::{IngestEvent, MissingReason, PipelineEvent};
 
 /// Prints a live line per event.
 pub struct Console<W: Write> {

@@ -17,16 +17,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use boldstream::config::{Config, ConsoleConfig, SessionConfig};
-use boldstream::events::{Event, write_events};
+use boldstream::formats::events_tsv::write_events;
 use boldstream::formats::nifti::{WriteOptions, write_volume};
 use boldstream::glm::feedback::{FeedbackConfig, RoiConfig};
-use boldstream::glm::stage::GlmConfig;
+use boldstream::glm::spec::GlmConfig;
 use boldstream::ingest::IngestConfig;
-use boldstream::simulate::events::{MindEyeDesign, mindeye_run, mindeye_volumes};
-use boldstream::simulate::faults::FaultPlan;
-use boldstream::simulate::patterns::pick_region;
-use boldstream::simulate::synth::{SynthSeries, SynthSpec};
-use boldstream::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
+use boldstream::tools::simulate::events::{MindEyeDesign, mindeye_run, mindeye_volumes};
+use boldstream::tools::simulate::faults::FaultPlan;
+use boldstream::tools::simulate::patterns::pick_region;
+use boldstream::tools::simulate::synth::{SynthSeries, SynthSpec};
+use boldstream::tools::simulate::writer::{Pace, ScanWriter, TruthLocation, WriterOptions};
+use boldstream::types::events::Event;
 use rand::SeedableRng;
 
 /// The demo model folder.

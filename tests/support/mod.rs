@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use boldstream::volume::Volume;
+use boldstream::types::volume::Volume;
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR};
 

@@ -12,7 +12,7 @@
 
 use nalgebra::{Matrix4, Vector3};
 
-use crate::volume::Grid;
+use crate::types::volume::Grid;
 
 use super::DicomError;
 

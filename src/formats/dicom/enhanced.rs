@@ -21,7 +21,7 @@ use super::{
     DicomError, Header, Rescale, float, floats, item, private_block, seconds_of_day, tags, text,
     uint,
 };
-use crate::volume::Volume;
+use crate::types::volume::Volume;
 
 const SDI_CREATOR: &str = "SIEMENS MR SDI 02";
 

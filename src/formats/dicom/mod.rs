@@ -37,7 +37,7 @@ use dicom_core::{PrimitiveValue, Tag};
 use dicom_object::file::ReadPreamble;
 use dicom_object::{InMemDicomObject, OpenFileOptions};
 
-use crate::volume::Volume;
+use crate::types::volume::Volume;
 
 pub use slices::{Slice, SliceAssembler};
 

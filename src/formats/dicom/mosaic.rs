@@ -23,7 +23,7 @@ use nalgebra::Vector3;
 use super::affine::{self, Plane};
 use super::csa::Csa;
 use super::{DicomError, Header, Rescale, float, numbers, private_block, tags};
-use crate::volume::Volume;
+use crate::types::volume::Volume;
 
 const CSA_CREATOR: &str = "SIEMENS CSA HEADER";
 const MR_CREATOR: &str = "SIEMENS MR HEADER";

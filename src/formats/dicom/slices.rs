@@ -21,7 +21,7 @@ use nalgebra::Vector3;
 
 use super::affine::{self, Plane};
 use super::{DicomError, DicomInfo, Header, Rescale, float, seconds_of_day, tags, text};
-use crate::volume::Volume;
+use crate::types::volume::Volume;
 
 /// One decoded slice.
 #[derive(Debug, Clone)]

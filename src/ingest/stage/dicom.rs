@@ -32,8 +32,8 @@ use crate::ingest::naming::Parsed;
 use crate::ingest::pending::{Failure, FileStat, PendingFile};
 use crate::ingest::reorder::Seen;
 use crate::ingest::validate;
-use crate::messages::{IngestEvent, IngestTiming, VolumeKey};
-use crate::volume::Volume;
+use crate::types::messages::{IngestEvent, IngestTiming, VolumeKey};
+use crate::types::volume::Volume;
 
 /// A single-slice volume being assembled.
 #[derive(Debug)]
