@@ -135,14 +135,7 @@ fn run(clients: usize, runs: usize, images: usize, speed: f64) -> anyhow::Result
     let mut s = session::decoding_session(tmp.path(), runs, images);
     s.config.serve.feedback = Some("127.0.0.1:0".into());
     let (obs_tx, obs_rx) = crossbeam_channel::unbounded();
-    let pipeline = Pipeline::start(
-        &s.config,
-        "# bench\n",
-        PipelineOptions {
-            observers: vec![obs_tx],
-            console: None,
-        },
-    )?;
+    let pipeline = Pipeline::start(&s.config, "# bench\n", PipelineOptions::observed_by(obs_tx))?;
     let addr = pipeline
         .feedback_addr()
         .ok_or_else(|| anyhow::anyhow!("no feedback address"))?;

@@ -94,6 +94,17 @@ pub struct PipelineOptions {
     pub console: Option<Box<dyn Write + Send>>,
 }
 
+impl PipelineOptions {
+    /// Every event to `observer`, and nothing else (how tests and embedders
+    /// watch a pipeline).
+    pub fn observed_by(observer: Sender<PipelineEvent>) -> PipelineOptions {
+        PipelineOptions {
+            observers: vec![observer],
+            console: None,
+        }
+    }
+}
+
 /// What a finished pipeline leaves behind.
 #[derive(Debug)]
 pub struct PipelineSummary {

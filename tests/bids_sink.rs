@@ -48,15 +48,8 @@ fn session(tmp: &Path) -> (PathBuf, BTreeMap<u32, Vec<[f64; 6]>>) {
     .unwrap();
     let plan = FaultPlan::parse("drop=5").unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
-    let pipeline = Pipeline::start(
-        &cfg,
-        "# test\n",
-        PipelineOptions {
-            observers: vec![tx],
-            console: None,
-        },
-    )
-    .expect("pipeline starts");
+    let pipeline = Pipeline::start(&cfg, "# test\n", PipelineOptions::observed_by(tx))
+        .expect("pipeline starts");
     let opts = WriterOptions {
         pace: Pace::Interval(Duration::from_millis(20)),
         truth: TruthLocation::Dir(tmp.join("truth")),

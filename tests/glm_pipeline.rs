@@ -104,15 +104,7 @@ fn every_trial_of_a_run_gets_a_beta_and_the_task_region_responds() {
     };
     let cfg = config(tmp.path(), volumes as u32, glm);
     let (tx, rx) = unbounded();
-    let pipeline = Pipeline::start(
-        &cfg,
-        "# test\n",
-        PipelineOptions {
-            observers: vec![tx],
-            console: None,
-        },
-    )
-    .unwrap();
+    let pipeline = Pipeline::start(&cfg, "# test\n", PipelineOptions::observed_by(tx)).unwrap();
     write_run(&series, &tmp.path().join("export"));
     let evs = until_run_ends(&rx);
     let summary = pipeline.stop();
@@ -199,15 +191,7 @@ fn live_trials_over_tcp_and_udp_with_garbage_in_between() {
     };
     let cfg = config(tmp.path(), volumes as u32, glm);
     let (tx, rx) = unbounded();
-    let pipeline = Pipeline::start(
-        &cfg,
-        "# test\n",
-        PipelineOptions {
-            observers: vec![tx],
-            console: None,
-        },
-    )
-    .unwrap();
+    let pipeline = Pipeline::start(&cfg, "# test\n", PipelineOptions::observed_by(tx)).unwrap();
     let addr = pipeline.live_addr().unwrap();
     let events: Vec<Event> = series.events(1).to_vec();
     let (tcp_events, udp_events) = events.split_at(events.len() - 3);

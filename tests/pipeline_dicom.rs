@@ -63,15 +63,8 @@ fn run(
     std::fs::create_dir_all(&export).unwrap();
     let cfg = config(tmp, glm);
     let (tx, rx) = unbounded();
-    let pipeline = Pipeline::start(
-        &cfg,
-        "# test\n",
-        PipelineOptions {
-            observers: vec![tx],
-            console: None,
-        },
-    )
-    .expect("pipeline starts");
+    let pipeline = Pipeline::start(&cfg, "# test\n", PipelineOptions::observed_by(tx))
+        .expect("pipeline starts");
     let replay = DicomReplay::open(study, None).unwrap();
     assert_eq!(replay.len(), 11);
     assert_eq!(replay.tr(), 1.5);

@@ -79,15 +79,8 @@ fn run(
         naming_cfg,
     );
     let (tx, rx): (_, Receiver<PipelineEvent>) = unbounded();
-    let pipeline = Pipeline::start(
-        &cfg,
-        "# test\n",
-        PipelineOptions {
-            observers: vec![tx],
-            console: None,
-        },
-    )
-    .expect("pipeline starts");
+    let pipeline = Pipeline::start(&cfg, "# test\n", PipelineOptions::observed_by(tx))
+        .expect("pipeline starts");
     let opts = WriterOptions {
         naming,
         pace: Pace::Interval(Duration::from_millis(40)),

@@ -213,15 +213,8 @@ fn every_route_answers_and_the_event_stream_follows_the_run() {
     std::fs::write(root.join("secret.png"), b"SECRET").unwrap();
 
     let (obs, events) = crossbeam_channel::unbounded();
-    let pipeline = Pipeline::start(
-        &config(root),
-        "# test\n",
-        PipelineOptions {
-            observers: vec![obs],
-            console: None,
-        },
-    )
-    .expect("pipeline starts");
+    let pipeline = Pipeline::start(&config(root), "# test\n", PipelineOptions::observed_by(obs))
+        .expect("pipeline starts");
     let addr = pipeline.http_addr().expect("the dashboard is served");
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
 

@@ -163,10 +163,7 @@ fn a_stuck_stage_stops_the_heartbeat_and_it_resumes_when_unstuck() {
     let pipeline = Pipeline::start(
         &config(&export, &tmp.path().join("session")),
         "# test\n",
-        PipelineOptions {
-            observers: vec![obs_tx],
-            console: None,
-        },
+        PipelineOptions::observed_by(obs_tx),
     )
     .unwrap();
     let beats = pipeline.heartbeats();
