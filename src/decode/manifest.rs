@@ -318,6 +318,20 @@ pub struct RetrievalSpec {
     /// Candidates reported per trial.
     #[serde(default = "default_top_k")]
     pub top_k: usize,
+    /// How the rows are kept in memory (default: as the file stores them).
+    /// `float16` halves the bytes a trial's scoring reads.
+    #[serde(default)]
+    pub precision: Option<BankPrecision>,
+}
+
+/// Element type of the retrieval bank in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BankPrecision {
+    /// IEEE half.
+    Float16,
+    /// IEEE single.
+    Float32,
 }
 
 fn default_top_k() -> usize {

@@ -4,11 +4,70 @@
 //! images) and a query embedding. Out: the top-k candidates by cosine
 //! similarity, best first, ties broken by bank order so a ranking is
 //! reproducible.
+//!
+//! At MindEye2's size (425,984 values per candidate) scoring is a pass over
+//! hundreds of MB per trial, so it is memory-bound: the bank may be kept in
+//! float16 (half the bytes; converted with F16C where the CPU has it),
+//! products are accumulated in float32 lanes the compiler vectorises, each
+//! block of 4,096 is summed into float64, and large banks are split across
+//! cores.
 
 use std::path::{Path, PathBuf};
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
+
 use super::error::ModelError;
-use super::manifest::RetrievalSpec;
+use super::manifest::{BankPrecision, RetrievalSpec};
+use crate::formats::npy::{Elem, RawArray};
+
+/// The values of a raw `.npy`, as f64, one at a time (a 425,984-wide bank
+/// is never held in float64 whole).
+struct RawValues<'a> {
+    raw: &'a RawArray<'a>,
+    at: usize,
+    len: usize,
+}
+
+impl<'a> RawValues<'a> {
+    fn new(raw: &'a RawArray<'a>) -> RawValues<'a> {
+        RawValues {
+            raw,
+            at: 0,
+            len: raw.rows * raw.cols,
+        }
+    }
+}
+
+impl Iterator for RawValues<'_> {
+    type Item = f64;
+    fn next(&mut self) -> Option<f64> {
+        if self.at >= self.len {
+            return None;
+        }
+        let i = self.at;
+        self.at += 1;
+        let d = self.raw.data;
+        Some(match self.raw.elem {
+            Elem::F16 => f16::from_le_bytes([d[2 * i], d[2 * i + 1]]).to_f64(),
+            Elem::F32 => {
+                f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]) as f64
+            }
+            Elem::F64 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&d[8 * i..8 * i + 8]);
+                f64::from_le_bytes(b)
+            }
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.len - self.at;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for RawValues<'_> {}
 
 /// One retrieved candidate.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,39 +80,260 @@ pub struct Candidate {
     pub score: f32,
 }
 
+/// How the bank's rows are kept in memory.
+#[derive(Debug, Clone)]
+enum Rows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
 /// The candidate bank, rows L2-normalised once at load.
 #[derive(Debug, Clone)]
 pub struct Bank {
-    rows: Vec<f32>,
+    rows: Rows,
     dim: usize,
     ids: Vec<String>,
     images: Option<PathBuf>,
+    threads: usize,
+}
+
+/// Values per block: one block of converted f16 fits in L1 beside the query's.
+const BLOCK: usize = 4096;
+/// Banks smaller than this are scored on one thread (spawning costs more).
+const PARALLEL_BYTES: usize = 8 << 20;
+
+/// Σ a·b with float32 lanes per block, blocks summed in float64.
+fn dot_f32(a: &[f32], b: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
+        return unsafe { simd::dot_f32(a, b) };
+    }
+    let mut total = 0.0f64;
+    for (ab, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        total += dot_block(ab, bb) as f64;
+    }
+    total
+}
+
+fn dot_block(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+fn dot_f16(a: &[f16], b: &[f32], buf: &mut [f32; BLOCK]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: as in dot_f32.
+        return unsafe { simd::dot_f16(a, b) };
+    }
+    let mut total = 0.0f64;
+    for (ab, bb) in a.chunks(BLOCK).zip(b.chunks(BLOCK)) {
+        let conv = &mut buf[..ab.len()];
+        ab.convert_to_f32_slice(conv);
+        total += dot_block(conv, bb) as f64;
+    }
+    total
+}
+
+/// AVX2 kernels, chosen at run time: the portable loops above vectorise
+/// only to the build's baseline (SSE2), and without F16C the float16
+/// conversion, not memory, sets the speed (4× the time of one read of the
+/// bank, measured by `benches/retrieval.rs`).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::BLOCK;
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 f32, an unaligned store is allowed.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        lanes.iter().sum()
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; `a` and `b` the same length.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f64 {
+        let n = a.len().min(b.len());
+        let mut total = 0f64;
+        let mut i = 0;
+        while i < n {
+            let end = (i + BLOCK).min(n);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut j = i;
+            while j + 32 <= end {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let at = j + 8 * k;
+                    // SAFETY: at + 8 ≤ end ≤ n, within both slices.
+                    let (x, y) = unsafe {
+                        (
+                            _mm256_loadu_ps(a.as_ptr().add(at)),
+                            _mm256_loadu_ps(b.as_ptr().add(at)),
+                        )
+                    };
+                    *acc = _mm256_fmadd_ps(x, y, *acc);
+                }
+                j += 32;
+            }
+            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut block = hsum(sum);
+            for k in j..end {
+                block += a[k] * b[k];
+            }
+            total += block as f64;
+            i = end;
+        }
+        total
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `a` and `b` the same length.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(a: &[f16], b: &[f32]) -> f64 {
+        let n = a.len().min(b.len());
+        let mut total = 0f64;
+        let mut i = 0;
+        while i < n {
+            let end = (i + BLOCK).min(n);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut j = i;
+            while j + 32 <= end {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let at = j + 8 * k;
+                    // SAFETY: at + 8 ≤ end ≤ n; f16 is 2 bytes, so 8 of
+                    // them are one unaligned 128-bit load.
+                    let (x, y) = unsafe {
+                        (
+                            _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(at).cast())),
+                            _mm256_loadu_ps(b.as_ptr().add(at)),
+                        )
+                    };
+                    *acc = _mm256_fmadd_ps(x, y, *acc);
+                }
+                j += 32;
+            }
+            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut block = hsum(sum);
+            for k in j..end {
+                block += f16::to_f32(a[k]) * b[k];
+            }
+            total += block as f64;
+            i = end;
+        }
+        total
+    }
+}
+
+fn normalise(row: &[f64]) -> Result<Vec<f64>, ()> {
+    let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if !norm.is_finite() || norm == 0.0 {
+        return Err(());
+    }
+    Ok(row.iter().map(|v| v / norm).collect())
 }
 
 impl Bank {
-    /// Build from normalisable rows (tests, generated benches).
+    /// Build from normalisable rows (tests, generated benches), kept in float32.
     pub fn from_rows(rows: Vec<f32>, dim: usize, ids: Vec<String>) -> Result<Bank, String> {
-        if dim == 0 || rows.len() != dim * ids.len() {
+        Bank::build(rows.iter().map(|&v| v as f64), dim, ids, false)
+    }
+
+    /// As [`Bank::from_rows`], kept in float16.
+    pub fn from_rows_f16(rows: Vec<f32>, dim: usize, ids: Vec<String>) -> Result<Bank, String> {
+        Bank::build(rows.iter().map(|&v| v as f64), dim, ids, true)
+    }
+
+    fn build(
+        values: impl ExactSizeIterator<Item = f64>,
+        dim: usize,
+        ids: Vec<String>,
+        half: bool,
+    ) -> Result<Bank, String> {
+        if dim == 0 || values.len() != dim * ids.len() {
             return Err(format!(
                 "{} values for {} ids of dimension {dim}",
-                rows.len(),
+                values.len(),
                 ids.len()
             ));
         }
-        let mut rows = rows;
-        for (r, row) in rows.chunks_mut(dim).enumerate() {
-            let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-            if !norm.is_finite() || norm == 0.0 {
-                return Err(format!("row {r} ({}) is zero or not finite", ids[r]));
-            }
-            row.iter_mut().for_each(|v| *v = (*v as f64 / norm) as f32);
+        let n = ids.len();
+        let mut f32s = Vec::new();
+        let mut f16s = Vec::new();
+        if half {
+            f16s.reserve_exact(n * dim);
+        } else {
+            f32s.reserve_exact(n * dim);
         }
+        let mut row = Vec::with_capacity(dim);
+        let mut values = values;
+        for (r, id) in ids.iter().enumerate() {
+            row.clear();
+            row.extend(values.by_ref().take(dim));
+            let unit =
+                normalise(&row).map_err(|()| format!("row {r} ({id}) is zero or not finite"))?;
+            if half {
+                f16s.extend(unit.iter().map(|&v| f16::from_f64(v)));
+            } else {
+                f32s.extend(unit.iter().map(|&v| v as f32));
+            }
+        }
+        let rows = if half {
+            Rows::F16(f16s)
+        } else {
+            Rows::F32(f32s)
+        };
+        let bytes = n * dim * if half { 2 } else { 4 };
+        let threads = if bytes < PARALLEL_BYTES {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |p| p.get().min(16))
+        };
         Ok(Bank {
             rows,
             dim,
             ids,
             images: None,
+            threads,
         })
+    }
+
+    /// Score on at most `threads` threads (1: the caller's only).
+    pub fn with_threads(mut self, threads: usize) -> Bank {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// Bytes the rows take in memory (what one scoring pass reads).
+    pub fn bytes(&self) -> usize {
+        match &self.rows {
+            Rows::F32(r) => r.len() * 4,
+            Rows::F16(r) => r.len() * 2,
+        }
+    }
+
+    /// Whether the rows are kept in float16.
+    pub fn is_f16(&self) -> bool {
+        matches!(self.rows, Rows::F16(_))
     }
 
     /// Load the bank a manifest names; `dim` is the query length.
@@ -66,8 +346,9 @@ impl Bank {
             path: spec.embeddings.clone(),
             source,
         })?;
-        let (values, n, e) =
-            crate::formats::npy::decode_2d(&bytes).map_err(|m| bank_err(&spec.embeddings, m))?;
+        let raw =
+            crate::formats::npy::decode_raw(&bytes).map_err(|m| bank_err(&spec.embeddings, m))?;
+        let (n, e) = (raw.rows, raw.cols);
         if e != dim {
             return Err(bank_err(
                 &spec.embeddings,
@@ -108,9 +389,14 @@ impl Bank {
                 format!("no image {missing}.png for bank id {missing}"),
             ));
         }
-        let rows: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        let half = match spec.precision {
+            Some(BankPrecision::Float16) => true,
+            Some(BankPrecision::Float32) => false,
+            None => raw.elem == Elem::F16,
+        };
+        let values = RawValues::new(&raw);
         let mut bank =
-            Bank::from_rows(rows, dim, ids).map_err(|m| bank_err(&spec.embeddings, m))?;
+            Bank::build(values, dim, ids, half).map_err(|m| bank_err(&spec.embeddings, m))?;
         bank.images = spec.images.clone();
         Ok(bank)
     }
@@ -147,27 +433,42 @@ impl Bank {
 
     /// Cosine similarity of `query` to every row, in bank order.
     pub fn scores(&self, query: &[f32]) -> Vec<f32> {
-        let qn = query
-            .iter()
-            .map(|&v| (v as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let qn = dot_f32(query, query).sqrt();
         let inv = if qn > 0.0 && qn.is_finite() {
             1.0 / qn
         } else {
             0.0
         };
-        self.rows
-            .chunks(self.dim)
-            .map(|row| {
-                let dot: f64 = row
-                    .iter()
-                    .zip(query)
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum();
-                (dot * inv) as f32
-            })
-            .collect()
+        let n = self.ids.len();
+        let mut out = vec![0f32; n];
+        if query.len() != self.dim || n == 0 {
+            return out;
+        }
+        let threads = self.threads.min(n).max(1);
+        let per = n.div_ceil(threads);
+        let score = |first: usize, out: &mut [f32]| {
+            let mut buf = [0f32; BLOCK];
+            for (k, o) in out.iter_mut().enumerate() {
+                let r = first + k;
+                let span = r * self.dim..(r + 1) * self.dim;
+                let dot = match &self.rows {
+                    Rows::F32(rows) => dot_f32(&rows[span], query),
+                    Rows::F16(rows) => dot_f16(&rows[span], query, &mut buf),
+                };
+                *o = (dot * inv) as f32;
+            }
+        };
+        if threads == 1 {
+            score(0, &mut out);
+        } else {
+            std::thread::scope(|s| {
+                for (c, chunk) in out.chunks_mut(per).enumerate() {
+                    let score = &score;
+                    s.spawn(move || score(c * per, chunk));
+                }
+            });
+        }
+        out
     }
 
     /// The `k` best candidates, best first (ties: lower bank index first).
@@ -249,5 +550,63 @@ mod tests {
     fn rejects_zero_rows_and_bad_sizes() {
         assert!(Bank::from_rows(vec![0.0; 3], 3, vec!["z".into()]).is_err());
         assert!(Bank::from_rows(vec![1.0; 4], 3, vec!["z".into()]).is_err());
+    }
+
+    fn random_rows(n: usize, dim: usize, seed: u64) -> Vec<f32> {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n * dim).map(|_| rng.random::<f32>() - 0.5).collect()
+    }
+
+    fn exact_cosines(rows: &[f32], dim: usize, q: &[f32]) -> Vec<f64> {
+        let qn = q.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        rows.chunks(dim)
+            .map(|r| {
+                let rn = r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+                let d: f64 = r.iter().zip(q).map(|(&a, &b)| a as f64 * b as f64).sum();
+                d / rn / qn
+            })
+            .collect()
+    }
+
+    #[test]
+    fn float32_lanes_match_float64_at_mindeye2_width() {
+        // 425,984 = 256 × 1,664 values: the width where a naive f32 sum drifts.
+        let dim = 256 * 1664;
+        let rows = random_rows(3, dim, 1);
+        let q = random_rows(1, dim, 2);
+        let exact = exact_cosines(&rows, dim, &q);
+        let ids: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+        let got = Bank::from_rows(rows, dim, ids).unwrap().scores(&q);
+        for (g, e) in got.iter().zip(&exact) {
+            assert!((*g as f64 - e).abs() < 1e-6, "{g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn float16_bank_keeps_the_ranking_and_threads_change_nothing() {
+        let (n, dim) = (40, 5000);
+        let rows = random_rows(n, dim, 3);
+        // The query is a noisy copy of row 17: a clear winner, a spread below it.
+        let mut q: Vec<f32> = rows[17 * dim..18 * dim].to_vec();
+        for (v, e) in q.iter_mut().zip(random_rows(1, dim, 4)) {
+            *v += e;
+        }
+        let ids: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let exact = exact_cosines(&rows, dim, &q);
+        let b32 = Bank::from_rows(rows.clone(), dim, ids.clone()).unwrap();
+        let b16 = Bank::from_rows_f16(rows, dim, ids).unwrap();
+        assert!(b16.is_f16() && !b32.is_f16());
+        assert_eq!(b16.bytes() * 2, b32.bytes());
+        let s16 = b16.scores(&q);
+        for (g, e) in s16.iter().zip(&exact) {
+            // f16 storage: ~3 significant digits per value, averaged over 5,000.
+            assert!((*g as f64 - e).abs() < 1e-3, "{g} vs {e}");
+        }
+        assert_eq!(b16.top_k(&q, 1)[0].id, "c17");
+        let one = b16.clone().with_threads(1).scores(&q);
+        let four = b16.with_threads(4).scores(&q);
+        assert_eq!(one, four);
+        assert_eq!(b32.clone().with_threads(3).scores(&q), b32.scores(&q));
     }
 }

@@ -342,9 +342,44 @@ impl NpyRows {
     }
 }
 
-/// Decode a little-endian float32/float64 `.npy` holding a 1-D or 2-D
-/// C-order array into `(values as f64, rows, cols)` (1-D as one row).
-pub fn decode_2d(bytes: &[u8]) -> Result<(Vec<f64>, usize, usize), String> {
+/// The element type of a `.npy` [`decode_raw`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Elem {
+    /// `'<f2'` (IEEE half).
+    F16,
+    /// `'<f4'`.
+    F32,
+    /// `'<f8'`.
+    F64,
+}
+
+impl Elem {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Elem::F16 => 2,
+            Elem::F32 => 4,
+            Elem::F64 => 8,
+        }
+    }
+}
+
+/// A 1-D or 2-D C-order float `.npy`, its data still little-endian bytes:
+/// large banks are converted once, straight to the type they are kept in.
+#[derive(Debug)]
+pub struct RawArray<'a> {
+    /// Element type.
+    pub elem: Elem,
+    /// Rows (1 for a 1-D array).
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// `rows · cols · elem.size()` bytes.
+    pub data: &'a [u8],
+}
+
+/// Parse a `.npy` holding a 1-D or 2-D C-order float16/32/64 array.
+pub fn decode_raw(bytes: &[u8]) -> Result<RawArray<'_>, String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("not a .npy file".into());
     }
@@ -365,13 +400,15 @@ pub fn decode_2d(bytes: &[u8]) -> Result<(Vec<f64>, usize, usize), String> {
             "Fortran-order arrays are not supported (save with np.ascontiguousarray)".into(),
         );
     }
-    let size = if header.contains("'<f4'") {
-        4
+    let elem = if header.contains("'<f2'") {
+        Elem::F16
+    } else if header.contains("'<f4'") {
+        Elem::F32
     } else if header.contains("'<f8'") {
-        8
+        Elem::F64
     } else {
         return Err(format!(
-            "dtype must be '<f4' or '<f8' (header: {})",
+            "dtype must be '<f2', '<f4' or '<f8' (header: {})",
             header.trim()
         ));
     };
@@ -384,23 +421,47 @@ pub fn decode_2d(bytes: &[u8]) -> Result<(Vec<f64>, usize, usize), String> {
     let data = &bytes[start + hlen..];
     let need = rows
         .checked_mul(cols)
-        .and_then(|n| n.checked_mul(size))
+        .and_then(|n| n.checked_mul(elem.size()))
         .ok_or("shape too large")?;
     if data.len() < need {
         return Err(format!("data has {} bytes, shape needs {need}", data.len()));
     }
-    let values = if size == 4 {
-        data[..need]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect()
-    } else {
-        data[..need]
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect()
-    };
-    Ok((values, rows, cols))
+    Ok(RawArray {
+        elem,
+        rows,
+        cols,
+        data: &data[..need],
+    })
+}
+
+impl RawArray<'_> {
+    /// Every value as f64.
+    pub fn to_f64(&self) -> Vec<f64> {
+        match self.elem {
+            Elem::F16 => self
+                .data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+                .collect(),
+            Elem::F32 => self
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            Elem::F64 => self
+                .data
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+        }
+    }
+}
+
+/// Decode a little-endian float16/32/64 `.npy` holding a 1-D or 2-D
+/// C-order array into `(values as f64, rows, cols)` (1-D as one row).
+pub fn decode_2d(bytes: &[u8]) -> Result<(Vec<f64>, usize, usize), String> {
+    let raw = decode_raw(bytes)?;
+    Ok((raw.to_f64(), raw.rows, raw.cols))
 }
 
 #[cfg(test)]
