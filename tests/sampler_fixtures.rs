@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use boldstream::decode::manifest::{DiscreteKind, Prediction, ScheduleKind, ScheduleSpec};
 use boldstream::decode::sampler::{
-    DiscreteRun, DiscreteSchedule, EulerRun, Level, ReplayNoise, karras_sigmas, sample_discrete,
-    sample_euler,
+    DiscreteRun, DiscreteSchedule, EulerRun, Level, ReplayNoise, StepAlphas, Uncond, even_pairs,
+    karras_sigmas, one_pass, sample_discrete, sample_euler,
 };
 use serde::Deserialize;
 
@@ -94,7 +94,7 @@ fn run(f: &Fixture) -> (f64, f64) {
     // The analytic model; the sampler's state after each step is recorded
     // from the x the next call sees (and the final result for the last).
     let mut last_x: Option<Vec<f32>> = None;
-    let mut denoise = |x: &[f32], level: Level, c: &[f32], out: &mut Vec<f32>| {
+    let mut denoise = one_pass(|x: &[f32], level: Level, c: &[f32], out: &mut Vec<f32>| {
         let u = match (level, train_steps) {
             (Level::Timestep(t), Some(ts)) => t as f64 / ts,
             (Level::Sigma(s), None) => 1.0 / (1.0 + s * s),
@@ -112,18 +112,20 @@ fn run(f: &Fixture) -> (f64, f64) {
                 .map(|(&xv, &cv)| ((m.a0 + m.a1 * u) * xv as f64 + m.b * cv as f64 + m.c) as f32),
         );
         Ok::<(), ()>(())
-    };
+    });
     let result = match f.sampler.as_str() {
         "euler" => {
-            let r = EulerRun {
-                steps: f.steps,
-                sigma_min: f.sigma_min.unwrap(),
-                sigma_max: f.sigma_max.unwrap(),
-                rho: f.rho.unwrap(),
-                guidance: f.guidance,
-                prediction: prediction(&f.prediction),
-            };
-            let ours = karras_sigmas(r.steps, r.sigma_min, r.sigma_max, r.rho);
+            let (smin, smax, rho) = (f.sigma_min.unwrap(), f.sigma_max.unwrap(), f.rho.unwrap());
+            let r = EulerRun::karras(
+                f.steps,
+                smin,
+                smax,
+                rho,
+                f.guidance,
+                prediction(&f.prediction),
+            );
+            let ours = karras_sigmas(f.steps, smin, smax, rho);
+            assert_eq!(ours, r.sigmas);
             let theirs = f.sigmas.as_ref().unwrap();
             for (a, b) in ours.iter().zip(theirs) {
                 assert!(
@@ -171,14 +173,17 @@ fn run(f: &Fixture) -> (f64, f64) {
                 } else {
                     DiscreteKind::Ddpm
                 },
-                steps: f.steps,
+                pairs: even_pairs(&sched, f.steps),
+                alphas: StepAlphas::Standard,
                 eta: f.eta.unwrap_or(0.0),
                 guidance: f.guidance,
+                uncond: Uncond::Zeros,
                 prediction: prediction(&f.prediction),
             };
             sample_discrete(&r, &sched, len, &cond, &mut noise, &mut denoise).unwrap()
         }
     };
+    drop(denoise);
     trajectory.push(result);
     let per_step = if f.guidance == 1.0 { 1 } else { 2 };
     assert_eq!(calls, f.steps * per_step, "{}: model calls", f.name);

@@ -134,13 +134,20 @@ pub enum ScheduleKind {
 }
 
 /// A discrete-time sampler's settings.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscreteSampler {
     /// `ddim` or `ddpm`.
     pub kind: DiscreteKind,
     /// Inference steps.
     pub steps: usize,
+    /// Which timesteps the steps visit (default `even`).
+    #[serde(default)]
+    pub grid: Grid,
+    /// Explicit descending timesteps (one model call each); overrides `grid`
+    /// and must have `steps` values.
+    #[serde(default)]
+    pub timesteps: Option<Vec<i64>>,
     /// DDIM's η (0 = deterministic).
     #[serde(default)]
     pub eta: f64,
@@ -154,6 +161,49 @@ pub struct DiscreteSampler {
 
 fn one() -> f64 {
     1.0
+}
+
+/// A discrete sampler's timestep grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Grid {
+    /// tₙ = (N−1−n)·(T div N): N calls down to t = 0.
+    #[default]
+    Even,
+    /// dalle2-pytorch's prior DDIM loop: `linspace(−1, T, N+1)` truncated,
+    /// N − 1 calls (t = 94 … 4 for N = 20, T = 100), with its
+    /// `alphas_cumprod_prev` coefficients. MindEye2's prior.
+    Dalle2,
+}
+
+/// The unconditional input of guided steps.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum UncondSpec {
+    /// `"zeros"` or `"noise"` (fresh N(0, 1) each reconstruction).
+    Named(UncondKind),
+    /// `{ file = "null_embed.npy" }`: a fixed float `.npy`, as many values
+    /// as the conditioning.
+    File {
+        /// The `.npy` (relative to the model folder).
+        file: PathBuf,
+    },
+}
+
+impl Default for UncondSpec {
+    fn default() -> Self {
+        UncondSpec::Named(UncondKind::Zeros)
+    }
+}
+
+/// Named unconditional inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UncondKind {
+    /// All zeros.
+    Zeros,
+    /// Fresh standard-normal values per reconstruction.
+    Noise,
 }
 
 /// Discrete samplers.
@@ -186,6 +236,9 @@ pub struct PriorSpec {
     pub schedule: ScheduleSpec,
     /// How to sample.
     pub sampler: DiscreteSampler,
+    /// What guided steps give the unconditional pass (default zeros).
+    #[serde(default)]
+    pub uncond: UncondSpec,
 }
 
 /// `[decoder]`: one pass or a diffusion.
@@ -219,6 +272,9 @@ pub enum DecoderSpec {
         image: ImageSpec,
         /// How to sample.
         sampler: DecoderSampler,
+        /// What guided steps give the unconditional pass (default zeros).
+        #[serde(default)]
+        uncond: UncondSpec,
     },
 }
 
@@ -246,6 +302,15 @@ pub struct DenoiserSpec {
     pub output: TensorRef,
     /// What the output is.
     pub prediction: Prediction,
+    /// 2: the graph takes the unconditional and the conditional pass of a
+    /// guided step as one batch (unconditional first, as sgm's guider
+    /// concatenates them); 1 (default): one pass per call.
+    #[serde(default = "one_usize")]
+    pub batch: usize,
+}
+
+fn one_usize() -> usize {
+    1
 }
 
 /// The latent decoder.
@@ -261,20 +326,46 @@ pub struct LatentDecoderSpec {
 }
 
 /// The diffusion decoder's sampler.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DecoderSampler {
-    /// Karras et al.'s deterministic Euler.
+    /// Deterministic Euler (EDM) over a σ grid.
     Euler {
-        /// Steps.
+        /// Steps (model calls; guided steps count once).
         steps: usize,
-        /// Smallest σ.
-        sigma_min: f64,
-        /// Largest σ.
-        sigma_max: f64,
-        /// Schedule curvature.
+        /// Where the σs come from (default `karras`).
+        #[serde(default)]
+        discretization: Discretization,
+        /// Smallest σ (`karras`).
+        #[serde(default)]
+        sigma_min: Option<f64>,
+        /// Largest σ (`karras`).
+        #[serde(default)]
+        sigma_max: Option<f64>,
+        /// Schedule curvature (`karras`).
         #[serde(default = "default_rho")]
         rho: f64,
+        /// First β of the scaled-linear schedule (`legacy_ddpm`).
+        #[serde(default = "default_linear_start")]
+        linear_start: f64,
+        /// Last β of the scaled-linear schedule (`legacy_ddpm`).
+        #[serde(default = "default_linear_end")]
+        linear_end: f64,
+        /// Training steps of that schedule (`legacy_ddpm`).
+        #[serde(default = "default_train_steps")]
+        train_steps: usize,
+        /// Explicit descending σs, `steps` of them (0 is appended); overrides
+        /// `discretization`.
+        #[serde(default)]
+        sigmas: Option<Vec<f64>>,
+        /// How the start is made: `sigma` (x = σ₀·n) or `unclip` (x = z + σ₀·n,
+        /// MindEye2's `unclip_recon`).
+        #[serde(default)]
+        start: StartKind,
+        /// Offset noise: one N(0, 1) value per sample times this, added to
+        /// the start's noise (MindEye2: 0.04).
+        #[serde(default)]
+        offset_noise: f64,
         /// Guidance scale.
         #[serde(default = "one")]
         guidance: f64,
@@ -298,6 +389,114 @@ pub enum DecoderSampler {
         /// The training schedule.
         schedule: ScheduleSpec,
     },
+}
+
+impl DecoderSampler {
+    /// The guidance scale.
+    pub fn guidance(&self) -> f64 {
+        match self {
+            DecoderSampler::Euler { guidance, .. } | DecoderSampler::Ddim { guidance, .. } => {
+                *guidance
+            }
+        }
+    }
+
+    /// The σ grid of an Euler sampler (N + 1 values, the last 0), or the
+    /// reason it has none.
+    pub fn euler_sigmas(&self) -> Result<Vec<f64>, String> {
+        let DecoderSampler::Euler {
+            steps,
+            discretization,
+            sigma_min,
+            sigma_max,
+            rho,
+            linear_start,
+            linear_end,
+            train_steps,
+            sigmas,
+            ..
+        } = self
+        else {
+            return Err("not an Euler sampler".into());
+        };
+        if let Some(list) = sigmas {
+            if list.len() != *steps {
+                return Err(format!(
+                    "sigmas has {} values for steps = {steps}",
+                    list.len()
+                ));
+            }
+            if !list.iter().all(|s| s.is_finite() && *s > 0.0)
+                || !list.windows(2).all(|w| w[0] > w[1])
+            {
+                return Err("sigmas must be positive and strictly descending".into());
+            }
+            let mut out = list.clone();
+            out.push(0.0);
+            return Ok(out);
+        }
+        match discretization {
+            Discretization::Karras => match (sigma_min, sigma_max) {
+                (Some(lo), Some(hi)) if *lo > 0.0 && lo < hi && *rho > 0.0 && *steps >= 1 => Ok(
+                    crate::decode::sampler::karras_sigmas(*steps, *lo, *hi, *rho),
+                ),
+                _ => Err(format!(
+                    "karras needs 0 < sigma_min < sigma_max and rho > 0, got {sigma_min:?}, {sigma_max:?}, {rho}"
+                )),
+            },
+            Discretization::LegacyDdpm => {
+                if !(*linear_start > 0.0 && linear_start <= linear_end && *linear_end < 1.0)
+                    || *train_steps == 0
+                    || *steps == 0
+                    || *steps > *train_steps
+                {
+                    return Err(format!(
+                        "legacy_ddpm needs 0 < linear_start ≤ linear_end < 1 and 1 ≤ steps ≤ train_steps, got {linear_start}, {linear_end}, {steps} of {train_steps}"
+                    ));
+                }
+                Ok(crate::decode::sampler::DiscreteSchedule::scaled_linear(
+                    *train_steps,
+                    *linear_start,
+                    *linear_end,
+                )
+                .legacy_ddpm_sigmas(*steps))
+            }
+        }
+    }
+}
+
+/// Where an Euler sampler's σs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discretization {
+    /// Karras et al.'s ρ-spaced σs between `sigma_min` and `sigma_max`.
+    #[default]
+    Karras,
+    /// sgm's `LegacyDDPMDiscretization`: the σs of a scaled-linear DDPM
+    /// schedule at evenly spaced timesteps (MindEye2's unCLIP: 38 steps,
+    /// σ 14.61 → 0.158).
+    LegacyDdpm,
+}
+
+/// How an Euler sampler's start is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartKind {
+    /// x = σ₀·n.
+    #[default]
+    Sigma,
+    /// x = z + σ₀·n.
+    Unclip,
+}
+
+fn default_linear_start() -> f64 {
+    0.00085
+}
+fn default_linear_end() -> f64 {
+    0.012
+}
+fn default_train_steps() -> usize {
+    1000
 }
 
 fn default_rho() -> f64 {
@@ -429,6 +628,10 @@ pub enum DecoderIo {
         image_out: TensorSpec,
         /// The sampler.
         sampler: DecoderSampler,
+        /// The unconditional input of guided steps.
+        uncond: UncondSpec,
+        /// 1, or 2 when a guided step is one batched call.
+        batch: usize,
     },
 }
 
@@ -598,6 +801,9 @@ impl ModelManifest {
         resolve_file(dir, &mut self.backbone.file, "backbone.file", &mf)?;
         if let Some(p) = &mut self.prior {
             resolve_file(dir, &mut p.file, "prior.file", &mf)?;
+            if let UncondSpec::File { file } = &mut p.uncond {
+                resolve_file(dir, file, "prior.uncond.file", &mf)?;
+            }
         }
         match &mut self.decoder {
             Some(DecoderSpec::Onepass { file, .. }) => {
@@ -606,9 +812,13 @@ impl ModelManifest {
             Some(DecoderSpec::Diffusion {
                 denoiser,
                 latent_decoder,
+                uncond,
                 ..
             }) => {
                 resolve_file(dir, &mut denoiser.file, "decoder.denoiser.file", &mf)?;
+                if let UncondSpec::File { file } = uncond {
+                    resolve_file(dir, file, "decoder.uncond.file", &mf)?;
+                }
                 resolve_file(
                     dir,
                     &mut latent_decoder.file,
@@ -678,6 +888,28 @@ impl ModelManifest {
             check_guidance(p.sampler.guidance, "prior.sampler", mf)?;
             if !(p.sampler.eta >= 0.0 && p.sampler.eta.is_finite()) {
                 return Err(manifest_err(mf, "prior.sampler.eta must be ≥ 0".into()));
+            }
+            if let Some(ts) = &p.sampler.timesteps {
+                let t = p.schedule.train_steps as i64;
+                if ts.len() != p.sampler.steps
+                    || !ts.windows(2).all(|w| w[0] > w[1])
+                    || ts.iter().any(|&v| v < 0 || v >= t)
+                {
+                    return Err(manifest_err(
+                        mf,
+                        format!(
+                            "prior.sampler.timesteps: need {} strictly descending values in 0..{t}, got {ts:?}",
+                            p.sampler.steps
+                        ),
+                    ));
+                }
+            }
+            if p.sampler.grid == Grid::Dalle2 && p.sampler.steps < 2 {
+                return Err(manifest_err(
+                    mf,
+                    "prior.sampler.grid = \"dalle2\" needs steps ≥ 2 (it makes steps − 1 calls)"
+                        .into(),
+                ));
             }
         }
         if self.decoder.is_some() {
@@ -776,32 +1008,35 @@ impl ModelManifest {
                 latent_decoder,
                 image,
                 sampler,
+                uncond,
             } => {
                 check_image(image)?;
                 check_float(latent, "decoder.latent", mf)?;
+                let batch = denoiser.batch;
+                if !(batch == 1 || batch == 2) {
+                    return Err(manifest_err(
+                        mf,
+                        format!("decoder.denoiser.batch = {batch}: must be 1 or 2"),
+                    ));
+                }
+                if batch == 2 && sampler.guidance() == 1.0 {
+                    return Err(manifest_err(
+                        mf,
+                        "decoder.denoiser.batch = 2 batches the two passes of guidance, but decoder.sampler.guidance is 1 (no guidance)".into(),
+                    ));
+                }
+                let batched = |shape: &[i64]| -> Vec<i64> {
+                    let mut s = shape.to_vec();
+                    if let Some(first) = s.first_mut() {
+                        *first *= batch as i64;
+                    }
+                    s
+                };
                 let noise_dtype = match sampler {
-                    DecoderSampler::Euler {
-                        steps,
-                        sigma_min,
-                        sigma_max,
-                        rho,
-                        guidance,
-                        ..
-                    } => {
-                        if *steps == 0 {
-                            return Err(manifest_err(
-                                mf,
-                                "decoder.sampler.steps must be ≥ 1".into(),
-                            ));
-                        }
-                        if !(*sigma_min > 0.0 && sigma_min < sigma_max && *rho > 0.0) {
-                            return Err(manifest_err(
-                                mf,
-                                format!(
-                                    "decoder.sampler: need 0 < sigma_min < sigma_max and rho > 0, got {sigma_min}, {sigma_max}, {rho}"
-                                ),
-                            ));
-                        }
+                    DecoderSampler::Euler { guidance, .. } => {
+                        sampler
+                            .euler_sigmas()
+                            .map_err(|m| manifest_err(mf, format!("decoder.sampler: {m}")))?;
                         check_guidance(*guidance, "decoder.sampler", mf)?;
                         if denoiser.prediction == Prediction::V {
                             return Err(manifest_err(
@@ -823,21 +1058,25 @@ impl ModelManifest {
                     }
                 };
                 let sample = denoiser.sample.resolve(
-                    &latent.shape,
+                    &batched(&latent.shape),
                     Dtype::Float32,
                     "decoder.denoiser.sample",
                     mf,
                 )?;
-                let noise =
-                    denoiser
-                        .noise
-                        .resolve(&[1], noise_dtype, "decoder.denoiser.noise", mf)?;
-                let cond =
-                    denoiser
-                        .cond
-                        .resolve(tokens, Dtype::Float32, "decoder.denoiser.cond", mf)?;
+                let noise = denoiser.noise.resolve(
+                    &[batch as i64],
+                    noise_dtype,
+                    "decoder.denoiser.noise",
+                    mf,
+                )?;
+                let cond = denoiser.cond.resolve(
+                    &batched(tokens),
+                    Dtype::Float32,
+                    "decoder.denoiser.cond",
+                    mf,
+                )?;
                 let output = denoiser.output.resolve(
-                    &latent.shape,
+                    &batched(&latent.shape),
                     Dtype::Float32,
                     "decoder.denoiser.output",
                     mf,
@@ -864,7 +1103,9 @@ impl ModelManifest {
                     latent_file: latent_decoder.file.clone(),
                     latent_in,
                     image_out,
-                    sampler: *sampler,
+                    sampler: sampler.clone(),
+                    uncond: uncond.clone(),
+                    batch,
                 }
             }
         }))

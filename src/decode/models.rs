@@ -12,13 +12,15 @@ use std::time::Instant;
 
 use super::error::ModelError;
 use super::manifest::{
-    DecoderIo, DecoderSampler, DiscreteKind, ModelManifest, Prediction, PriorSpec, SubjectManifest,
+    DecoderIo, DecoderSampler, DiscreteKind, Grid, ModelManifest, PriorSpec, StartKind,
+    SubjectManifest, UncondKind, UncondSpec,
 };
 use super::retrieval::{Bank, Candidate};
 use super::runtime::{Graph, Input, Runtime};
 use super::sampler::{
-    Denoise, DiscreteRun, DiscreteSchedule, EulerRun, Level, NoiseSource, SeededNoise,
-    sample_discrete, sample_euler,
+    Denoise, DiscreteRun, DiscreteSchedule, EulerRun, EulerStart, Level, NoiseSource, SeededNoise,
+    StepAlphas, Uncond, dalle2_pairs, even_pairs, list_pairs, one_pass, sample_discrete,
+    sample_euler,
 };
 use super::tensor::{Dtype, TensorSpec};
 
@@ -105,6 +107,12 @@ impl Reconstruction {
     }
 }
 
+/// A diffusion decoder's loop, resolved from the manifest once.
+enum DecoderPlan {
+    Euler(EulerRun),
+    Ddim(DiscreteRun, DiscreteSchedule),
+}
+
 // One per session, never moved in a hot loop.
 #[allow(clippy::large_enum_variant)]
 enum DecoderGraphs {
@@ -113,15 +121,60 @@ enum DecoderGraphs {
         denoiser: Graph,
         latent_decoder: Graph,
         latent_len: usize,
-        prediction: Prediction,
-        sampler: DecoderSampler,
+        plan: DecoderPlan,
+        seed: u64,
+        batch: usize,
         noise_dtype: Dtype,
     },
 }
 
+/// The prior's graph and its loop, resolved from the manifest once.
+struct PriorPlan {
+    graph: Graph,
+    spec: PriorSpec,
+    run: DiscreteRun,
+    schedule: DiscreteSchedule,
+}
+
+/// The unconditional input a manifest names, loaded.
+fn load_uncond(
+    spec: &UncondSpec,
+    len: usize,
+    field: &str,
+    m: &ModelManifest,
+) -> Result<Uncond, ModelError> {
+    Ok(match spec {
+        UncondSpec::Named(UncondKind::Zeros) => Uncond::Zeros,
+        UncondSpec::Named(UncondKind::Noise) => Uncond::Noise,
+        UncondSpec::File { file } => {
+            let bytes = std::fs::read(file).map_err(|source| ModelError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            let (values, _, _) =
+                crate::formats::npy::decode_2d(&bytes).map_err(|message| ModelError::Manifest {
+                    path: m.path.clone(),
+                    message: format!("{field} = {}: {message}", file.display()),
+                })?;
+            if values.len() != len || values.iter().any(|v| !v.is_finite()) {
+                return Err(ModelError::Manifest {
+                    path: m.path.clone(),
+                    message: format!(
+                        "{field} = {}: {} values (finite) needed, the file has {}",
+                        file.display(),
+                        len,
+                        values.len()
+                    ),
+                });
+            }
+            Uncond::Tensor(values.iter().map(|&v| v as f32).collect())
+        }
+    })
+}
+
 /// Prior sampler + decoder.
 pub struct Reconstructor {
-    prior: Option<(Graph, PriorSpec, DiscreteSchedule)>,
+    prior: Option<PriorPlan>,
     decoder: DecoderGraphs,
     token_len: usize,
     chw: (usize, usize, usize),
@@ -147,7 +200,7 @@ pub struct ModelSet {
     pub recon: Option<Reconstructor>,
 }
 
-fn level_input(dtype: Dtype, level: Level, i: &mut [i64; 1], f: &mut [f32; 1]) -> Dtype {
+fn level_input(level: Level, i: &mut [i64; 1], f: &mut [f32; 1]) {
     match level {
         Level::Timestep(t) => {
             i[0] = t;
@@ -158,7 +211,6 @@ fn level_input(dtype: Dtype, level: Level, i: &mut [i64; 1], f: &mut [f32; 1]) -
             f[0] = s as f32;
         }
     }
-    dtype
 }
 
 fn timed(graphs: &mut Vec<GraphTime>, role: &'static str, seconds: f64) {
@@ -309,13 +361,38 @@ impl Reconstructor {
         };
         let prior = match &m.prior {
             Some(p) => {
-                let g = rt.load_graph(
+                let graph = rt.load_graph(
                     "prior",
                     &p.file,
                     vec![p.sample.clone(), p.timestep.clone(), p.cond.clone()],
                     vec![p.output.clone()],
                 )?;
-                Some((g, p.clone(), DiscreteSchedule::new(&p.schedule)))
+                let schedule = DiscreteSchedule::new(&p.schedule);
+                let (pairs, alphas) = match (&p.sampler.timesteps, p.sampler.grid) {
+                    (Some(ts), _) => (list_pairs(ts), StepAlphas::Standard),
+                    (None, Grid::Even) => {
+                        (even_pairs(&schedule, p.sampler.steps), StepAlphas::Standard)
+                    }
+                    (None, Grid::Dalle2) => (
+                        dalle2_pairs(p.schedule.train_steps, p.sampler.steps),
+                        StepAlphas::Previous,
+                    ),
+                };
+                let run = DiscreteRun {
+                    kind: p.sampler.kind,
+                    pairs,
+                    alphas,
+                    eta: p.sampler.eta,
+                    guidance: p.sampler.guidance,
+                    uncond: load_uncond(&p.uncond, p.cond.len(), "prior.uncond", m)?,
+                    prediction: p.prediction,
+                };
+                Some(PriorPlan {
+                    graph,
+                    spec: p.clone(),
+                    run,
+                    schedule,
+                })
             }
             None => None,
         };
@@ -341,9 +418,67 @@ impl Reconstructor {
                 latent_in,
                 image_out,
                 sampler,
+                uncond,
+                batch,
             } => {
-                let latent_len = sample.len();
+                let latent_len = sample.len() / batch;
                 let noise_dtype = noise.dtype;
+                let uncond = load_uncond(&uncond, cond.len() / batch, "decoder.uncond", m)?;
+                let (plan, seed) = match &sampler {
+                    DecoderSampler::Euler {
+                        guidance,
+                        start,
+                        offset_noise,
+                        seed,
+                        ..
+                    } => {
+                        let sigmas =
+                            sampler
+                                .euler_sigmas()
+                                .map_err(|message| ModelError::Manifest {
+                                    path: m.path.clone(),
+                                    message: format!("decoder.sampler: {message}"),
+                                })?;
+                        (
+                            DecoderPlan::Euler(EulerRun {
+                                sigmas,
+                                guidance: *guidance,
+                                uncond,
+                                start: match start {
+                                    StartKind::Sigma => EulerStart::Sigma,
+                                    StartKind::Unclip => EulerStart::Unclip,
+                                },
+                                offset_noise: *offset_noise,
+                                prediction,
+                            }),
+                            *seed,
+                        )
+                    }
+                    DecoderSampler::Ddim {
+                        steps,
+                        eta,
+                        guidance,
+                        seed,
+                        schedule,
+                    } => {
+                        let sched = DiscreteSchedule::new(schedule);
+                        (
+                            DecoderPlan::Ddim(
+                                DiscreteRun {
+                                    kind: DiscreteKind::Ddim,
+                                    pairs: even_pairs(&sched, *steps),
+                                    alphas: StepAlphas::Standard,
+                                    eta: *eta,
+                                    guidance: *guidance,
+                                    uncond,
+                                    prediction,
+                                },
+                                sched,
+                            ),
+                            *seed,
+                        )
+                    }
+                };
                 DecoderGraphs::Diffusion {
                     denoiser: rt.load_graph(
                         "decoder",
@@ -358,8 +493,9 @@ impl Reconstructor {
                         vec![image_out],
                     )?,
                     latent_len,
-                    prediction,
-                    sampler,
+                    plan,
+                    seed,
+                    batch,
                     noise_dtype,
                 }
             }
@@ -376,7 +512,7 @@ impl Reconstructor {
 
     /// Every graph it runs.
     pub fn graphs(&self) -> Vec<&Graph> {
-        let mut g: Vec<&Graph> = self.prior.iter().map(|(g, _, _)| g).collect();
+        let mut g: Vec<&Graph> = self.prior.iter().map(|p| &p.graph).collect();
         match &self.decoder {
             DecoderGraphs::Onepass(d) => g.push(d),
             DecoderGraphs::Diffusion {
@@ -393,7 +529,7 @@ impl Reconstructor {
 
     /// Every graph it runs, mutably (warm-up).
     pub fn graphs_mut(&mut self) -> Vec<&mut Graph> {
-        let mut g: Vec<&mut Graph> = self.prior.iter_mut().map(|(g, _, _)| g).collect();
+        let mut g: Vec<&mut Graph> = self.prior.iter_mut().map(|p| &mut p.graph).collect();
         match &mut self.decoder {
             DecoderGraphs::Onepass(d) => g.push(d),
             DecoderGraphs::Diffusion {
@@ -415,12 +551,9 @@ impl Reconstructor {
 
     /// The seeds a reconstruction uses: (prior, decoder).
     pub fn seeds(&self) -> (u64, u64) {
-        let prior = self.prior.as_ref().map_or(0, |(_, p, _)| p.sampler.seed);
+        let prior = self.prior.as_ref().map_or(0, |p| p.spec.sampler.seed);
         let decoder = match &self.decoder {
-            DecoderGraphs::Diffusion {
-                sampler: DecoderSampler::Euler { seed, .. } | DecoderSampler::Ddim { seed, .. },
-                ..
-            } => *seed,
+            DecoderGraphs::Diffusion { seed, .. } => *seed,
             DecoderGraphs::Onepass(_) => 0,
         };
         match self.seed_override {
@@ -450,27 +583,30 @@ impl Reconstructor {
         let mut prior_calls: Vec<f64> = Vec::new();
         let mut prior_steps = Vec::new();
         let prior_tokens = match &mut self.prior {
-            Some((graph, spec, schedule)) => {
-                let run = DiscreteRun {
-                    kind: spec.sampler.kind,
-                    steps: spec.sampler.steps,
-                    eta: spec.sampler.eta,
-                    guidance: spec.sampler.guidance,
-                    prediction: spec.prediction,
-                };
+            Some(PriorPlan {
+                graph,
+                spec,
+                run,
+                schedule,
+            }) => {
                 let tdtype = spec.timestep.dtype;
                 let (mut ti, mut tf) = ([0i64; 1], [0f32; 1]);
-                let mut denoise = |x: &[f32], level: Level, cond: &[f32], out: &mut Vec<f32>| {
-                    let level_in = match level_input(tdtype, level, &mut ti, &mut tf) {
-                        Dtype::Int64 => Input::I64(&ti),
-                        Dtype::Float32 => Input::F32(&tf),
-                    };
-                    let s = graph.run(&[Input::F32(x), level_in, Input::F32(cond)], &mut [out])?;
-                    prior_calls.push(s);
-                    Ok::<(), ModelError>(())
-                };
+                let mut denoise = one_pass(
+                    |x: &[f32], level: Level, cond: &[f32], out: &mut Vec<f32>| {
+                        level_input(level, &mut ti, &mut tf);
+                        let level_in = match tdtype {
+                            Dtype::Int64 => Input::I64(&ti),
+                            Dtype::Float32 => Input::F32(&tf),
+                        };
+                        let s =
+                            graph.run(&[Input::F32(x), level_in, Input::F32(cond)], &mut [out])?;
+                        prior_calls.push(s);
+                        Ok::<(), ModelError>(())
+                    },
+                );
                 let d: &mut Denoise<'_, ModelError> = &mut denoise;
-                let x = sample_discrete(&run, schedule, self.token_len, tokens, np, d)?;
+                let x = sample_discrete(run, schedule, self.token_len, tokens, np, d)?;
+                drop(denoise);
                 let per = if run.guidance == 1.0 { 1 } else { 2 };
                 prior_steps = prior_calls.chunks(per).map(|c| c.iter().sum()).collect();
                 x
@@ -489,69 +625,80 @@ impl Reconstructor {
                 denoiser,
                 latent_decoder,
                 latent_len,
-                prediction,
-                sampler,
+                plan,
+                batch,
                 noise_dtype,
+                ..
             } => {
                 let nd_type = *noise_dtype;
-                let (mut ti, mut tf) = ([0i64; 1], [0f32; 1]);
-                let mut denoise = |x: &[f32], level: Level, cond: &[f32], out: &mut Vec<f32>| {
-                    let level_in = match level_input(nd_type, level, &mut ti, &mut tf) {
-                        Dtype::Int64 => Input::I64(&ti),
-                        Dtype::Float32 => Input::F32(&tf),
+                let batched = *batch == 2;
+                let (mut ti, mut tf) = ([0i64; 2], [0f32; 2]);
+                // A batched graph takes [uncond; cond] (sgm's order); the
+                // conditioning pair is the same at every step, so it is
+                // concatenated once per reconstruction.
+                let (mut xb, mut cb, mut ob) = (Vec::new(), Vec::new(), Vec::new());
+                let mut denoise = |x: &[f32],
+                                   level: Level,
+                                   cond: &[f32],
+                                   uncond: Option<&[f32]>,
+                                   out: &mut Vec<f32>,
+                                   out_u: &mut Vec<f32>| {
+                    let (i1, f1) = (&mut [0i64; 1], &mut [0f32; 1]);
+                    level_input(level, i1, f1);
+                    ti = [i1[0]; 2];
+                    tf = [f1[0]; 2];
+                    let n = if batched { 2 } else { 1 };
+                    let level_in = match nd_type {
+                        Dtype::Int64 => Input::I64(&ti[..n]),
+                        Dtype::Float32 => Input::F32(&tf[..n]),
                     };
-                    let s =
-                        denoiser.run(&[Input::F32(x), level_in, Input::F32(cond)], &mut [out])?;
-                    decoder_calls.push(s);
+                    match (batched, uncond) {
+                        (true, Some(u)) => {
+                            xb.clear();
+                            xb.extend_from_slice(x);
+                            xb.extend_from_slice(x);
+                            if cb.is_empty() {
+                                cb.extend_from_slice(u);
+                                cb.extend_from_slice(cond);
+                            }
+                            let s = denoiser.run(
+                                &[Input::F32(&xb), level_in, Input::F32(&cb)],
+                                &mut [&mut ob],
+                            )?;
+                            let half = ob.len() / 2;
+                            out_u.clear();
+                            out_u.extend_from_slice(&ob[..half]);
+                            out.clear();
+                            out.extend_from_slice(&ob[half..]);
+                            decoder_calls.push(s);
+                        }
+                        _ => {
+                            let s = denoiser
+                                .run(&[Input::F32(x), level_in, Input::F32(cond)], &mut [out])?;
+                            decoder_calls.push(s);
+                            if let Some(u) = uncond {
+                                let s = denoiser
+                                    .run(&[Input::F32(x), level_in, Input::F32(u)], &mut [out_u])?;
+                                decoder_calls.push(s);
+                            }
+                        }
+                    }
                     Ok::<(), ModelError>(())
                 };
                 let d: &mut Denoise<'_, ModelError> = &mut denoise;
-                let (z, guidance) = match *sampler {
-                    DecoderSampler::Euler {
-                        steps,
-                        sigma_min,
-                        sigma_max,
-                        rho,
-                        guidance,
-                        ..
-                    } => {
-                        let run = EulerRun {
-                            steps,
-                            sigma_min,
-                            sigma_max,
-                            rho,
-                            guidance,
-                            prediction: *prediction,
-                        };
-                        (
-                            sample_euler(&run, *latent_len, &prior_tokens, nd, d)?,
-                            guidance,
-                        )
-                    }
-                    DecoderSampler::Ddim {
-                        steps,
-                        eta,
-                        guidance,
-                        schedule,
-                        ..
-                    } => {
-                        let run = DiscreteRun {
-                            kind: DiscreteKind::Ddim,
-                            steps,
-                            eta,
-                            guidance,
-                            prediction: *prediction,
-                        };
-                        let sched = DiscreteSchedule::new(&schedule);
-                        (
-                            sample_discrete(&run, &sched, *latent_len, &prior_tokens, nd, d)?,
-                            guidance,
-                        )
-                    }
+                let (z, guidance) = match plan {
+                    DecoderPlan::Euler(run) => (
+                        sample_euler(run, *latent_len, &prior_tokens, nd, d)?,
+                        run.guidance,
+                    ),
+                    DecoderPlan::Ddim(run, sched) => (
+                        sample_discrete(run, sched, *latent_len, &prior_tokens, nd, d)?,
+                        run.guidance,
+                    ),
                 };
                 latent_decoder_seconds =
                     latent_decoder.run(&[Input::F32(&z)], &mut [&mut image])?;
-                let per = if guidance == 1.0 { 1 } else { 2 };
+                let per = if guidance == 1.0 || batched { 1 } else { 2 };
                 decoder_calls.chunks(per).map(|c| c.iter().sum()).collect()
             }
         };
