@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use boldstream::glm::model::{ModelSpec, NoiseModel};
+use boldstream::glm::model::{DriftBasis, ModelSpec, NoiseModel};
 use boldstream::glm::normalize::Normalizer;
 use boldstream::glm::run::{RunGlm, Schedule};
 use boldstream::types::events::Event;
@@ -87,7 +87,12 @@ fn main() {
         env!("CARGO_PKG_VERSION")
     );
     let data = frames(PLANNED);
-    for noise in [NoiseModel::Ols, NoiseModel::Ar1] {
+    for (noise, drift_basis) in [
+        (NoiseModel::Ols, DriftBasis::Run),
+        (NoiseModel::Ar1, DriftBasis::Run),
+        (NoiseModel::Ols, DriftBasis::FramesSoFar),
+        (NoiseModel::Ar1, DriftBasis::FramesSoFar),
+    ] {
         for n in [50usize, 150, 300] {
             let ev = events(n);
             let mut total = Vec::new();
@@ -95,6 +100,7 @@ fn main() {
             for _ in 0..REPEATS {
                 let spec = ModelSpec {
                     noise,
+                    drift_basis,
                     ..ModelSpec::default()
                 };
                 let mut glm = RunGlm::new(spec, PLANNED, VOXELS, Schedule::default(), &ev);
@@ -127,8 +133,12 @@ fn main() {
             }
             let t = median(&mut total);
             println!(
-                "{:<4} {n:>3} volumes: trigger -> z-scored beta p50 {t:>6.2} ms (LSS fit {:>5.2} ms) | p50 / 10 ms target = {:.2}",
+                "{:<4} {:<6} drift {n:>3} volumes: trigger -> z-scored beta p50 {t:>6.2} ms (LSS fit {:>5.2} ms) | p50 / 10 ms target = {:.2}",
                 format!("{noise:?}").to_uppercase(),
+                match drift_basis {
+                    DriftBasis::Run => "run",
+                    DriftBasis::FramesSoFar => "so-far",
+                },
                 median(&mut fit),
                 t / 10.0
             );

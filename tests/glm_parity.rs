@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use boldstream::formats::events_tsv::read_events;
 use boldstream::glm::design::DesignSpec;
-use boldstream::glm::model::{ModelSpec, NoiseModel};
+use boldstream::glm::model::{DriftBasis, ModelSpec, NoiseModel};
 use boldstream::glm::run::{NotEstimated, RunGlm, Schedule};
 
 fn dir() -> PathBuf {
@@ -60,7 +60,7 @@ fn npy(path: &Path) -> (Vec<f64>, usize, usize) {
 type Fixture = (RunGlm, Vec<f64>, usize, usize, Vec<[f64; 6]>);
 
 /// The fixture's run model, data and motion.
-fn setup(noise: NoiseModel) -> Fixture {
+fn setup(noise: NoiseModel, drift_basis: DriftBasis) -> Fixture {
     let settings: toml::Table = std::fs::read_to_string(dir().join("settings.toml"))
         .unwrap()
         .parse()
@@ -84,6 +84,7 @@ fn setup(noise: NoiseModel) -> Fixture {
             .parse()
             .unwrap(),
         ar_bins: 100,
+        drift_basis,
     };
     let schedule = Schedule {
         delay: f("delay"),
@@ -94,8 +95,8 @@ fn setup(noise: NoiseModel) -> Fixture {
     (glm, data, frames, voxels, motion)
 }
 
-fn check(noise: NoiseModel, name: &str, tol: f64) {
-    let (mut glm, data, frames, voxels, motion) = setup(noise);
+fn check(noise: NoiseModel, drift_basis: DriftBasis, name: &str, tol: f64) {
+    let (mut glm, data, frames, voxels, motion) = setup(noise, drift_basis);
     let mut outcomes = Vec::new();
     let mut held: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
     for t in 0..frames {
@@ -157,19 +158,45 @@ fn check(noise: NoiseModel, name: &str, tol: f64) {
 
 #[test]
 fn ols_betas_equal_nilearn() {
-    check(NoiseModel::Ols, "ols", 1e-4);
+    check(NoiseModel::Ols, DriftBasis::Run, "ols", 1e-4);
+}
+
+/// Real-time MindEye's betas: nilearn refitted on the frames so far, with
+/// its own cosine basis for them (tests/parity/glm_sofar_fixture.py).
+#[test]
+fn frames_so_far_ols_betas_equal_nilearn_refitted_per_trial() {
+    check(NoiseModel::Ols, DriftBasis::FramesSoFar, "ols_sofar", 1e-4);
+}
+
+#[test]
+fn frames_so_far_ar1_betas_equal_nilearn_refitted_per_trial() {
+    check(NoiseModel::Ar1, DriftBasis::FramesSoFar, "ar1_sofar", 1e-4);
+}
+
+/// The two drift bases differ once a trial's model has drift columns, so
+/// the option changes what is computed (and the fixture tells them apart).
+#[test]
+fn the_run_basis_does_not_match_the_per_trial_refit() {
+    let (want, _, _) = npy(&dir().join("nilearn_ols_sofar.npy"));
+    let (run, _, _) = npy(&dir().join("nilearn_ols.npy"));
+    let worst = want
+        .iter()
+        .zip(&run)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1e-3))
+        .fold(0.0, f64::max);
+    assert!(worst > 1e-2, "the two fixtures agree to {worst:e}");
 }
 
 #[test]
 fn ar1_betas_equal_nilearn() {
-    check(NoiseModel::Ar1, "ar1", 1e-3);
+    check(NoiseModel::Ar1, DriftBasis::Run, "ar1", 1e-3);
 }
 
 /// A run cut short reports its unestimated trials with a typed reason (the
 /// stage decides "the run was cut short" from it, not from the message).
 #[test]
 fn a_run_cut_short_says_so_in_a_typed_reason() {
-    let (mut glm, data, frames, voxels, motion) = setup(NoiseModel::Ols);
+    let (mut glm, data, frames, voxels, motion) = setup(NoiseModel::Ols, DriftBasis::Run);
     let cut = frames / 2;
     let mut held: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
     let mut estimated = 0;

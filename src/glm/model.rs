@@ -45,6 +45,21 @@ pub enum SignalScaling {
     Percent,
 }
 
+/// Which cosine drift basis a trial's model uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftBasis {
+    /// The planned run's basis, its first k columns with k nilearn's order
+    /// for the span so far: accumulated per frame, O(p²·V) per trial.
+    #[default]
+    Run,
+    /// nilearn's basis for the frames so far (N = span so far), rebuilt
+    /// for each trial: what real-time MindEye gets by refitting nilearn's
+    /// `FirstLevelModel` on the run so far at every trial. Costs one pass
+    /// over the frames held per drift column and trial.
+    FramesSoFar,
+}
+
 /// Model settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
@@ -56,6 +71,8 @@ pub struct ModelSpec {
     pub scaling: SignalScaling,
     /// AR(1) bins per unit of the coefficient (nilearn: 100).
     pub ar_bins: usize,
+    /// The drift basis of each trial's model.
+    pub drift_basis: DriftBasis,
 }
 
 impl Default for ModelSpec {
@@ -65,6 +82,7 @@ impl Default for ModelSpec {
             noise: NoiseModel::Ar1,
             scaling: SignalScaling::Percent,
             ar_bins: 100,
+            drift_basis: DriftBasis::Run,
         }
     }
 }
@@ -406,6 +424,47 @@ impl RunModel {
         s
     }
 
+    /// The sums of several time functions in one pass over the frames
+    /// (each frame centred once): the per-trial drift basis.
+    fn sums_of_many(&self, xs: &[Vec<f64>], frames: &dyn FrameSource) -> Vec<Sums> {
+        let lags = self.lags();
+        let mut out: Vec<Sums> = xs.iter().map(|_| Sums::new(self.voxels, lags)).collect();
+        let mut prev: Option<(usize, Vec<f32>)> = None;
+        for &t in &self.present {
+            let Some(y) = frames.frame(t) else {
+                tracing::warn!("frame {t} is no longer held; the drift sums skip it");
+                prev = None;
+                continue;
+            };
+            let y = self.centred(y);
+            for (x, s) in xs.iter().zip(out.iter_mut()) {
+                let xt = x.get(t).copied().unwrap_or(0.0);
+                axpy(&mut s.p, xt, &y);
+                if let Some((p, yp)) = &prev
+                    && lags
+                {
+                    axpy(&mut s.l1, xt, yp);
+                    axpy(&mut s.l2, x.get(*p).copied().unwrap_or(0.0), &y);
+                }
+            }
+            prev = Some((t, y));
+        }
+        out
+    }
+
+    /// nilearn's cosine drift for the frames so far (positions 0..span),
+    /// with its sums, when the spec asks for it; else nothing.
+    fn local_drift(&self, frames: &dyn FrameSource) -> Local {
+        if self.spec.drift_basis != DriftBasis::FramesSoFar {
+            return Local::default();
+        }
+        let span = self.last_position().map_or(0, |p| p + 1);
+        let ft = frame_times(span, self.spec.design.tr, self.spec.design.slice_time_ref);
+        let x = cosine_drift(&ft, self.spec.design.high_pass);
+        let sums = self.sums_of_many(&x, frames);
+        Local { x, sums }
+    }
+
     /// Register a trial; returns its index. Frames already in (read from
     /// `frames`) are folded in.
     pub fn add_trial(&mut self, stimulus: Stimulus, frames: &dyn FrameSource) -> usize {
@@ -496,30 +555,54 @@ impl RunModel {
             }
         }
         let span = self.last_position().map_or(0, |p| p + 1);
-        let order = drift_order(span, self.spec.design.tr, self.spec.design.high_pass)
-            .min(self.drift.len());
-        for d in 0..order {
-            cols.push((format!("drift_{}", d + 1), Col::Atom(DRIFT + d)));
+        let order = drift_order(span, self.spec.design.tr, self.spec.design.high_pass);
+        match self.spec.drift_basis {
+            DriftBasis::Run => {
+                for d in 0..order.min(self.drift.len()) {
+                    cols.push((format!("drift_{}", d + 1), Col::Atom(DRIFT + d)));
+                }
+            }
+            DriftBasis::FramesSoFar => {
+                for d in 0..order {
+                    cols.push((format!("drift_{}", d + 1), Col::Local(d)));
+                }
+            }
         }
         cols.push(("constant".into(), Col::Atom(CONST)));
         Some(cols)
     }
 
-    fn col_value(&self, k: usize, c: Col, t: usize) -> f64 {
+    fn col_value(&self, k: usize, c: Col, t: usize, local: &Local) -> f64 {
         match c {
             Col::Probe => self.trials[k].regressor[t],
             Col::Reference => self.all_trials[t] - self.trials[k].regressor[t],
             Col::Atom(a) => self.atom(a, t),
+            Col::Local(d) => local
+                .x
+                .get(d)
+                .and_then(|x| x.get(t))
+                .copied()
+                .unwrap_or(0.0),
         }
     }
 
     /// Per-voxel sums for column `c` of trial `k`'s model (sum kind `f`).
-    fn col_sums<'a>(&'a self, k: usize, c: Col, f: fn(&'a Sums) -> &'a [f64]) -> ColSums<'a> {
+    fn col_sums<'a>(
+        &'a self,
+        k: usize,
+        c: Col,
+        local: &'a Local,
+        f: fn(&'a Sums) -> &'a [f64],
+    ) -> ColSums<'a> {
         let own = self.trials[k].sums.as_ref();
         match (c, own) {
             (Col::Probe, Some(s)) => ColSums::One(f(s)),
             (Col::Reference, Some(s)) => ColSums::Diff(f(&self.atoms[ALL_TRIALS]), f(s)),
             (Col::Atom(a), _) => ColSums::One(f(&self.atoms[a])),
+            (Col::Local(d), _) => local
+                .sums
+                .get(d)
+                .map_or(ColSums::Zero, |s| ColSums::One(f(s))),
             _ => ColSums::Zero,
         }
     }
@@ -551,12 +634,13 @@ impl RunModel {
         {
             return Err(EstimateError::NoResponse);
         }
-        let x = DMatrix::from_fn(n, p, |i, c| self.col_value(k, cols[c].1, pos[i]));
+        let local = self.local_drift(frames);
+        let x = DMatrix::from_fn(n, p, |i, c| self.col_value(k, cols[c].1, pos[i], &local));
         let g = x.transpose() * &x;
         let v = self.voxels;
         let sums: Vec<ColSums> = cols
             .iter()
-            .map(|(_, c)| self.col_sums(k, *c, |s| &s.p))
+            .map(|(_, c)| self.col_sums(k, *c, &local, |s| &s.p))
             .collect();
         let mut beta = vec![0.0f64; v];
         match self.spec.noise {
@@ -566,7 +650,9 @@ impl RunModel {
                     s.axpy_into(&mut beta, gi[(c, 0)]);
                 }
             }
-            NoiseModel::Ar1 => self.ar1(k, &cols, &pos, &x, &g, &sums, frames, &mut beta)?,
+            NoiseModel::Ar1 => {
+                self.ar1(k, &cols, &pos, &x, &g, &sums, &local, frames, &mut beta)?
+            }
         }
         if self.spec.scaling == SignalScaling::Percent {
             let sum_y = &self.atoms[CONST].p;
@@ -594,17 +680,18 @@ impl RunModel {
         x: &DMatrix<f64>,
         g: &DMatrix<f64>,
         sums: &[ColSums],
+        local: &Local,
         frames: &dyn FrameSource,
         beta: &mut [f64],
     ) -> Result<(), EstimateError> {
         let (n, p, v) = (pos.len(), cols.len(), self.voxels);
         let l1: Vec<ColSums> = cols
             .iter()
-            .map(|(_, c)| self.col_sums(k, *c, |s| &s.l1))
+            .map(|(_, c)| self.col_sums(k, *c, local, |s| &s.l1))
             .collect();
         let l2: Vec<ColSums> = cols
             .iter()
-            .map(|(_, c)| self.col_sums(k, *c, |s| &s.l2))
+            .map(|(_, c)| self.col_sums(k, *c, local, |s| &s.l2))
             .collect();
         // Full OLS coefficients b = G⁻¹P and the residual sums
         //   r0 = Σy² − bᵀP,  r1 = Σyᵢyᵢ₋₁ − bᵀ(L1 + L2) + bᵀCb,
@@ -806,6 +893,15 @@ enum Col {
     Probe,
     Reference,
     Atom(usize),
+    /// Column d of the per-trial drift basis ([`DriftBasis::FramesSoFar`]).
+    Local(usize),
+}
+
+/// The per-trial drift basis and its sums (empty for [`DriftBasis::Run`]).
+#[derive(Default)]
+struct Local {
+    x: Vec<Vec<f64>>,
+    sums: Vec<Sums>,
 }
 
 /// Per-voxel sums of one column, possibly a difference of two.

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::design::DesignSpec;
 use super::feedback::FeedbackConfig;
 use super::hrf::HrfModel;
-use super::model::{ModelSpec, NoiseModel, SignalScaling};
+use super::model::{DriftBasis, ModelSpec, NoiseModel, SignalScaling};
 use super::run::Schedule;
 use crate::formats::events_tsv::read_events;
 use crate::types::events::Event;
@@ -30,6 +30,10 @@ pub struct GlmConfig {
     pub noise_model: NoiseModel,
     /// `percent` (nilearn's default `signal_scaling=0`) or `none`.
     pub signal_scaling: SignalScaling,
+    /// `run` (the planned run's cosine basis, cut to the span so far) or
+    /// `frames_so_far` (nilearn's basis for the frames so far, rebuilt per
+    /// trial: real-time MindEye's betas, which refit nilearn each trial).
+    pub drift_basis: DriftBasis,
     /// Seconds after a trial's onset at which it is estimated.
     pub delay: f64,
     /// Residual degrees of freedom a trial's model must have.
@@ -72,6 +76,7 @@ impl Default for GlmConfig {
             high_pass: 0.01,
             noise_model: NoiseModel::Ar1,
             signal_scaling: SignalScaling::Percent,
+            drift_basis: DriftBasis::Run,
             delay: 7.5,
             min_dof: 5,
             skip_trial_types: Vec::new(),
@@ -110,6 +115,7 @@ impl GlmConfig {
             noise: self.noise_model,
             scaling: self.signal_scaling,
             ar_bins: 100,
+            drift_basis: self.drift_basis,
         })
     }
 
