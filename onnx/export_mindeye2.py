@@ -54,10 +54,8 @@ some ops: use it on --tiny or float32 exports).
 
 import argparse
 import gc
-import json
 import os
 import pathlib
-import shutil
 import sys
 import tempfile
 import time

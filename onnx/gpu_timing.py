@@ -24,7 +24,6 @@ the CPU (float32) as a smoke test.
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys

@@ -22,7 +22,7 @@ softmax(q k^T) v by default (exports cleanly to opset 17); set
 """
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch

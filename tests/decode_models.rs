@@ -673,3 +673,62 @@ fn retrieval_ranks_equal_the_float64_reference() {
         assert!(out.top.windows(2).all(|w| w[0].score >= w[1].score));
     }
 }
+
+/// A reconstruction graph too big for CPU (here: any size, limit 0 GB)
+/// that lands on CPU stops the start with its name; allowing it loads.
+#[test]
+fn a_big_decoder_on_cpu_is_refused_unless_allowed() {
+    let config = DecodeConfig {
+        model: Some(demo()),
+        subject: Some(demo().join("subject-sim01")),
+        device: DeviceChoice::Cpu,
+        threads: 1,
+        cpu_decoder_limit_gb: 0.0,
+        warmup_calls: 0,
+        ..Default::default()
+    };
+    let e = match boldstream::decode::stage::load_and_warm(&config) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a decoder over the CPU limit was loaded"),
+    };
+    assert!(
+        e.contains("would run on CPU") && e.contains("allow_cpu_decoder"),
+        "{e}"
+    );
+    let allowed = DecodeConfig {
+        allow_cpu_decoder: true,
+        ..config
+    };
+    let warmed = boldstream::decode::stage::load_and_warm(&allowed)
+        .expect("allowed")
+        .expect("a model is configured");
+    assert!(warmed.recon.is_some());
+}
+
+/// The GPU settings parse from `[decode.tensorrt]` and `[decode.cuda]`
+/// and reach the runtime's options; a typo is refused by name.
+#[test]
+fn gpu_settings_parse_and_reach_the_runtime() {
+    let text = r#"
+        device = "tensorrt"
+        [tensorrt]
+        fp16 = true
+        engine_cache = "/var/cache/boldstream/trt"
+        max_workspace_gb = 8
+        [cuda]
+        memory_limit_gb = 40
+        conv_algorithm_search = "heuristic"
+        tf32 = false
+    "#;
+    let c: DecodeConfig = toml::from_str(text).expect("parses");
+    let rt = c.runtime();
+    assert!(rt.tensorrt.fp16);
+    assert_eq!(
+        rt.tensorrt.cache_dir(),
+        PathBuf::from("/var/cache/boldstream/trt")
+    );
+    assert_eq!(rt.cuda.memory_limit_gb, Some(40.0));
+    assert_eq!(rt.cuda.tf32, Some(false));
+    let bad = toml::from_str::<DecodeConfig>("[tensorrt]\nfp61 = true\n").unwrap_err();
+    assert!(bad.to_string().contains("fp61"), "{bad}");
+}

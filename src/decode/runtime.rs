@@ -55,6 +55,83 @@ pub struct RuntimeConfig {
     pub require_gpu: bool,
     /// Intra-op threads per graph (0: ONNX Runtime's default).
     pub threads: usize,
+    /// TensorRT provider options.
+    pub tensorrt: TensorRtOptions,
+    /// CUDA provider options.
+    pub cuda: CudaOptions,
+}
+
+/// `[decode.tensorrt]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TensorRtOptions {
+    /// Build fp16 engines (the MindEye2 UNet is trained for fp16; fp32
+    /// engines are about twice as slow).
+    pub fp16: bool,
+    /// Where built engines are kept: without a cache every start rebuilds
+    /// the UNet's engine, which takes minutes. Default
+    /// `$XDG_CACHE_HOME/boldstream/tensorrt` (else `~/.cache/...`).
+    pub engine_cache: Option<PathBuf>,
+    /// Keep TensorRT's timing cache beside the engines (faster rebuilds
+    /// after a driver or model change).
+    pub timing_cache: bool,
+    /// Workspace TensorRT may use while building, GB (default: its own).
+    pub max_workspace_gb: Option<f64>,
+}
+
+impl Default for TensorRtOptions {
+    fn default() -> Self {
+        TensorRtOptions {
+            fp16: true,
+            engine_cache: None,
+            timing_cache: true,
+            max_workspace_gb: None,
+        }
+    }
+}
+
+impl TensorRtOptions {
+    /// The engine cache folder in use.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.engine_cache.clone().unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(std::env::temp_dir);
+            base.join("boldstream").join("tensorrt")
+        })
+    }
+}
+
+/// cuDNN convolution algorithm search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvSearch {
+    /// Benchmark every algorithm once per shape (ONNX Runtime's default).
+    #[default]
+    Exhaustive,
+    /// cuDNN's heuristics (faster first call).
+    Heuristic,
+    /// The default algorithm.
+    Default,
+}
+
+/// `[decode.cuda]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CudaOptions {
+    /// Cap on the CUDA arena, GB (default: no cap).
+    pub memory_limit_gb: Option<f64>,
+    /// cuDNN convolution search.
+    pub conv_algorithm_search: ConvSearch,
+    /// TF32 matmuls on Ampere and later (default: ONNX Runtime's).
+    pub tf32: Option<bool>,
+    /// Capture CUDA graphs (needs static shapes and I/O on the device).
+    pub cuda_graph: bool,
+}
+
+fn gigabytes(gb: f64) -> usize {
+    (gb.max(0.0) * 1e9) as usize
 }
 
 /// The environment variable that names the library (ours first, then ort's).
@@ -370,22 +447,52 @@ impl Runtime {
 
     fn gpu_chain(&self) -> Vec<(Provider, ep::ExecutionProviderDispatch)> {
         let id = self.config.gpu;
+        let c = &self.config.cuda;
         let cuda = || {
-            ep::CUDA::default()
+            let mut e = ep::CUDA::default()
                 .with_device_id(id)
-                .build()
-                .error_on_failure()
+                .with_conv_algorithm_search(match c.conv_algorithm_search {
+                    ConvSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                    ConvSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+                    ConvSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
+                })
+                .with_cuda_graph(c.cuda_graph);
+            if let Some(gb) = c.memory_limit_gb {
+                e = e.with_memory_limit(gigabytes(gb));
+            }
+            if let Some(tf32) = c.tf32 {
+                e = e.with_tf32(tf32);
+            }
+            e.build().error_on_failure()
+        };
+        let t = &self.config.tensorrt;
+        let tensorrt = || {
+            let cache = t.cache_dir();
+            if let Err(e) = std::fs::create_dir_all(&cache) {
+                self.announce(format!(
+                    "TensorRT engine cache {}: {e}; engines are rebuilt at every start",
+                    cache.display()
+                ));
+            }
+            let cache = cache.to_string_lossy().into_owned();
+            let mut e = ep::TensorRT::default()
+                .with_device_id(id)
+                .with_fp16(t.fp16)
+                .with_engine_cache(true)
+                .with_engine_cache_path(&cache)
+                .with_timing_cache(t.timing_cache)
+                .with_timing_cache_path(&cache);
+            if let Some(gb) = t.max_workspace_gb {
+                e = e.with_max_workspace_size(gigabytes(gb));
+            }
+            e.build().error_on_failure()
         };
         match self.config.device {
             DeviceChoice::Cpu => Vec::new(),
             _ if !self.loaded.cuda => Vec::new(),
-            DeviceChoice::Tensorrt if self.loaded.tensorrt => vec![(
-                Provider::TensorRt,
-                ep::TensorRT::default()
-                    .with_device_id(id)
-                    .build()
-                    .error_on_failure(),
-            )],
+            DeviceChoice::Tensorrt if self.loaded.tensorrt => {
+                vec![(Provider::TensorRt, tensorrt())]
+            }
             _ => vec![(Provider::Cuda, cuda())],
         }
     }

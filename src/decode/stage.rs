@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::error::ModelError;
 use super::manifest::SubjectManifest;
 use super::models::{FastPath, ModelSet, Reconstruction, Reconstructor, warm_up};
-use super::runtime::{DeviceChoice, Runtime, RuntimeConfig};
+use super::runtime::{CudaOptions, DeviceChoice, Runtime, RuntimeConfig, TensorRtOptions};
 use super::schedule::{DropReason, ReconPolicy, Scheduler};
 use crate::types::messages::{
     DecoderReport, GraphReport, PipelineEvent, TrialBeta, TrialDecoded, TrialReconstructed,
@@ -59,6 +59,17 @@ pub struct DecodeConfig {
     pub decode_warmup: bool,
     /// Timed calls per graph after the warm-up call, for the start-up report.
     pub warmup_calls: usize,
+    /// `[decode.tensorrt]`: fp16, engine cache, timing cache, workspace.
+    pub tensorrt: TensorRtOptions,
+    /// `[decode.cuda]`: memory limit, cuDNN search, TF32, CUDA graphs.
+    pub cuda: CudaOptions,
+    /// Start even when a reconstruction graph of more than
+    /// `cpu_decoder_limit_gb` would run on CPU (minutes per trial): off by
+    /// default, so a machine whose GPU provider failed refuses to start
+    /// instead of silently falling behind the scan.
+    pub allow_cpu_decoder: bool,
+    /// Size, GB, above which a reconstruction graph counts as too big for CPU.
+    pub cpu_decoder_limit_gb: f64,
 }
 
 impl Default for DecodeConfig {
@@ -77,6 +88,10 @@ impl Default for DecodeConfig {
             seed: None,
             decode_warmup: false,
             warmup_calls: 3,
+            tensorrt: TensorRtOptions::default(),
+            cuda: CudaOptions::default(),
+            allow_cpu_decoder: false,
+            cpu_decoder_limit_gb: 1.0,
         }
     }
 }
@@ -112,6 +127,8 @@ impl DecodeConfig {
             gpu: self.gpu,
             require_gpu: self.require_gpu,
             threads: self.threads,
+            tensorrt: self.tensorrt.clone(),
+            cuda: self.cuda.clone(),
         }
     }
 
@@ -238,6 +255,37 @@ pub struct Warmed {
     pub notices: Vec<String>,
 }
 
+/// Bytes of a graph on disk: the `.onnx` and its external data
+/// (`<file>.data` or `<file>_data`, as torch and onnx write them).
+fn graph_bytes(path: &Path) -> u64 {
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let name = path.as_os_str().to_string_lossy();
+    size(path) + size(Path::new(&format!("{name}.data"))) + size(Path::new(&format!("{name}_data")))
+}
+
+/// A multi-GB reconstruction graph on CPU takes minutes per trial: refuse
+/// to start (naming the graph and its provider) rather than fall behind.
+fn refuse_big_graphs_on_cpu(
+    graphs: &[&super::runtime::Graph],
+    limit_gb: f64,
+) -> Result<(), ModelError> {
+    for g in graphs {
+        let gb = graph_bytes(g.path()) as f64 / 1e9;
+        if g.provider() == super::runtime::Provider::Cpu && gb > limit_gb {
+            return Err(ModelError::Graph {
+                role: g.role(),
+                path: g.path().to_path_buf(),
+                message: format!(
+                    "{gb:.1} GB would run on CPU (no GPU provider took it): a trial would take minutes. \
+                     Fix the GPU set-up (device, onnxruntime-gpu), or set [decode] allow_cpu_decoder = true \
+                     (or raise cpu_decoder_limit_gb = {limit_gb}) to run it anyway"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Load, check and warm up a model folder (what `models check` and the
 /// stage's start share); `None` when no model is configured.
 pub fn load_and_warm(config: &DecodeConfig) -> Result<Option<Warmed>, ModelError> {
@@ -248,6 +296,11 @@ pub fn load_and_warm(config: &DecodeConfig) -> Result<Option<Warmed>, ModelError
     let set = ModelSet::load(&rt, model, subject, config.seed)?;
     let manifest_path = set.manifest.path.clone();
     let (mut fast, mut recon) = set.split();
+    if let Some(r) = recon.as_ref()
+        && !config.allow_cpu_decoder
+    {
+        refuse_big_graphs_on_cpu(&r.graphs(), config.cpu_decoder_limit_gb)?;
+    }
     let mut graphs = Vec::new();
     let mut all: Vec<&mut super::runtime::Graph> = Vec::new();
     {
