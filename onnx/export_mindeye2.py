@@ -38,17 +38,17 @@ bank of 20), float32, deterministic for --seed; a few MB.
 --random-weights: MindEye2's real sizes, random init, fp16 bodies (float32 inputs
 and outputs), external data (<graph>.onnx.data) for every graph above 1.5 GB.
 Sizes (fp16): adapter 17.7 MB, backbone 0.9 GB (H=1024) / 3.5 GB (H=4096), prior
-~0.6 GB, unclip_step ~5 GB, vae_decoder 0.2 GB (fp32), lowlevel 0.2 GB (fp32).
-Memory/time on a 2-core 24 GB machine: building all modules on the meta device
-(--count-only) takes seconds; exporting the UNet needs the fp16 UNet (5 GB) plus
-the traced graph and the serialised copy (~15-18 GB peak) and tens of minutes of
-CPU tracing at 96x96; the other graphs need < 8 GB and a few minutes.
+0.5 GB, unclip_step ~5 GB, vae_decoder 0.2 GB (fp32), lowlevel 0.2 GB (fp32).
+Memory/time on a 2-core 24 GB machine (measured): --count-only takes seconds;
+--random-weights --graphs adapter,backbone,prior,vae_decoder,lowlevel_decoder
+(H=1024) 3 min, 15.4 GB peak RSS; --graphs unclip_step 22.5 min (the fp16 forward
+that the tracer runs on the CPU is slow), 13.8 GB peak RSS, 5.0 GB written.
 Real weights: the same as --random-weights, loading the checkpoints with
 load_state_dict(strict=True).
 
 --check runs every graph in onnxruntime (CPU) on the exported inputs and prints
-max|ort - torch| / max|torch| per graph (CPU onnxruntime lacks fp16 kernels for
-some ops: use it on --tiny or float32 exports).
+max|ort - torch| / max|torch| per graph (the fp16 graphs run on CPU onnxruntime
+too, slowly: one real-size prior step takes ~3 s on 2 cores).
 --reference DIR saves <graph>_<tensor>.npy inputs and PyTorch outputs (+ README.md).
 """
 
@@ -244,6 +244,7 @@ def export_graph(module, inputs, outputs, path):
     if size > EXTERNAL_ABOVE:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data.name, size_threshold=1024)
+        os.chmod(data, 0o644)
     else:
         onnx.save_model(model, str(path))
     return size
@@ -312,10 +313,10 @@ def write_manifests(out, cfg, name, bank_n, bank_dtype, note):
         'kind = "diffusion"',
         f'latent = {{ name = "x", shape = {fmt_shape([1, 4, L, L])}, dtype = "float32" }}',
         "# the step graph takes batch 2: [uncond; cond] in one call",
-        'denoiser = { file = "unclip_step.onnx", sample = "x", noise = "sigma", cond = "context", output = "denoised", prediction = "x0" }',
+        'denoiser = { file = "unclip_step.onnx", sample = "x", noise = "sigma", cond = "context", output = "denoised", prediction = "x0", batch = 2 }',
         'latent_decoder = { file = "vae_decoder.onnx", input = "latent", output = "image" }',
         f"image = {{ shape = {fmt_shape([1, 3, img, img])} }}",
-        f'sampler = {{ kind = "euler", discretization = "legacy_ddpm", steps = 38, guidance = 5.0, offset_noise = 0.04, '
+        f'sampler = {{ kind = "euler", discretization = "legacy_ddpm", start = "unclip", steps = 38, guidance = 5.0, offset_noise = 0.04, '
         f'seed = 0, linear_start = {cfg.linear_start}, linear_end = {cfg.linear_end}, train_steps = {cfg.train_steps} }}',
         "# MindEye2's unCLIP: the unconditional context is fresh N(0,1) tokens each trial",
         'uncond = "noise"',

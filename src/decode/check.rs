@@ -80,7 +80,7 @@ pub fn run(config: &DecodeConfig, out: &mut dyn Write) -> Result<(), ModelError>
         ),
     );
     if let Some(r) = recon.as_mut() {
-        let rec = r.run(&f.tokens)?;
+        let rec = r.run_blended(&f.tokens, f.lowlevel.as_deref())?;
         w(
             out,
             format!(

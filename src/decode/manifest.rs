@@ -63,6 +63,18 @@ impl TensorRef {
     }
 }
 
+impl TensorRef {
+    /// Resolve against a full spec (shape and dtype), naming the manifest.
+    pub fn resolve_for(
+        &self,
+        expected: &TensorSpec,
+        field: &str,
+        m: &ModelManifest,
+    ) -> Result<TensorSpec, ModelError> {
+        self.resolve(&expected.shape, expected.dtype, field, &m.path)
+    }
+}
+
 fn manifest_err(path: &Path, message: String) -> ModelError {
     ModelError::Manifest {
         path: path.to_path_buf(),
@@ -503,6 +515,24 @@ fn default_rho() -> f64 {
     7.0
 }
 
+/// `[lowlevel]`: the blurry reconstruction of MindEye2.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LowlevelSpec {
+    /// The backbone's low-level latent → image `[1, C, h, w]` in [0, 1].
+    pub latent_decoder: LatentDecoderSpec,
+    /// The blurry image's shape.
+    pub image: ImageSpec,
+    /// Weight of the (resized) blurry image in the final one:
+    /// `(1 − blend)·recon + blend·blurry` (MindEye2's evaluation: 0.25).
+    #[serde(default = "default_blend")]
+    pub blend: f64,
+}
+
+fn default_blend() -> f64 {
+    0.25
+}
+
 /// `[retrieval]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -587,6 +617,10 @@ pub struct ModelManifest {
     /// needs an adapter fitted elsewhere).
     #[serde(default)]
     pub targets: Option<TargetsSpec>,
+    /// MindEye2's low-level branch (optional): the backbone's `lowlevel`
+    /// latent decoded to a blurry image and blended into the reconstruction.
+    #[serde(default)]
+    pub lowlevel: Option<LowlevelSpec>,
     /// The manifest file.
     #[serde(skip)]
     pub path: PathBuf,
@@ -828,6 +862,14 @@ impl ModelManifest {
             }
             None => {}
         }
+        if let Some(l) = &mut self.lowlevel {
+            resolve_file(
+                dir,
+                &mut l.latent_decoder.file,
+                "lowlevel.latent_decoder.file",
+                &mf,
+            )?;
+        }
         if let Some(r) = &mut self.retrieval {
             resolve_file(dir, &mut r.embeddings, "retrieval.embeddings", &mf)?;
             resolve_file(dir, &mut r.ids, "retrieval.ids", &mf)?;
@@ -914,6 +956,36 @@ impl ModelManifest {
         }
         if self.decoder.is_some() {
             self.decoder_io()?;
+        }
+        if let Some(l) = &self.lowlevel {
+            if b.lowlevel.is_none() {
+                return Err(manifest_err(
+                    mf,
+                    "[lowlevel] decodes the backbone's low-level latent, but [backbone] has no lowlevel output".into(),
+                ));
+            }
+            if self.decoder.is_none() {
+                return Err(manifest_err(
+                    mf,
+                    "[lowlevel] is blended into the reconstruction: it needs a [decoder]".into(),
+                ));
+            }
+            if !(0.0..=1.0).contains(&l.blend) {
+                return Err(manifest_err(
+                    mf,
+                    format!("lowlevel.blend = {}: must be in [0, 1]", l.blend),
+                ));
+            }
+            let s = &l.image.shape;
+            if s.len() != 4 || s[0] != 1 || !(s[1] == 1 || s[1] == 3) || s[2] < 1 || s[3] < 1 {
+                return Err(manifest_err(
+                    mf,
+                    format!(
+                        "lowlevel.image.shape = {}: must be [1, C, H, W] with C = 1 or 3",
+                        shape_str(s)
+                    ),
+                ));
+            }
         }
         if let Some(TargetsSpec::Encoder { input, output, .. }) = &self.targets {
             check_float(input, "targets.input", mf)?;

@@ -94,6 +94,8 @@ pub struct Reconstruction {
     pub decoder_steps: Vec<f64>,
     /// ONNX Runtime seconds of the latent decoder (0 for one pass).
     pub latent_decoder_seconds: f64,
+    /// ONNX Runtime seconds of the low-level decoder (0 without it).
+    pub lowlevel_seconds: f64,
     /// Wall time of the whole reconstruction, seconds.
     pub wall_seconds: f64,
 }
@@ -104,6 +106,7 @@ impl Reconstruction {
         self.prior_steps.iter().sum::<f64>()
             + self.decoder_steps.iter().sum::<f64>()
             + self.latent_decoder_seconds
+            + self.lowlevel_seconds
     }
 }
 
@@ -172,8 +175,46 @@ fn load_uncond(
     })
 }
 
+/// The low-level branch: its decoder graph, image size and blend weight.
+struct Lowlevel {
+    graph: Graph,
+    chw: (usize, usize, usize),
+    blend: f64,
+}
+
+/// Bilinear resize of a `[C, H, W]` image (align-corners off, like
+/// torchvision's `Resize` on tensors without antialiasing).
+fn resize_bilinear(
+    src: &[f32],
+    (c, h, w): (usize, usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
+    let mut out = vec![0f32; c * oh * ow];
+    let sy = h as f64 / oh as f64;
+    let sx = w as f64 / ow as f64;
+    for ch in 0..c {
+        let plane = &src[ch * h * w..(ch + 1) * h * w];
+        for y in 0..oh {
+            let fy = ((y as f64 + 0.5) * sy - 0.5).clamp(0.0, (h - 1) as f64);
+            let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
+            let y1 = (y0 + 1).min(h - 1);
+            for x in 0..ow {
+                let fx = ((x as f64 + 0.5) * sx - 0.5).clamp(0.0, (w - 1) as f64);
+                let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
+                let x1 = (x0 + 1).min(w - 1);
+                let v = |yy: usize, xx: usize| plane[yy * w + xx] as f64;
+                let top = v(y0, x0) * (1.0 - tx) + v(y0, x1) * tx;
+                let bottom = v(y1, x0) * (1.0 - tx) + v(y1, x1) * tx;
+                out[ch * oh * ow + y * ow + x] = (top * (1.0 - ty) + bottom * ty) as f32;
+            }
+        }
+    }
+    out
+}
+
 /// Prior sampler + decoder.
 pub struct Reconstructor {
+    lowlevel: Option<Lowlevel>,
     prior: Option<PriorPlan>,
     decoder: DecoderGraphs,
     token_len: usize,
@@ -501,7 +542,39 @@ impl Reconstructor {
             }
         };
         let chw = m.image_chw().unwrap_or((3, 1, 1));
+        let lowlevel = match (&m.lowlevel, &m.backbone.lowlevel) {
+            (Some(l), Some(latent)) => {
+                let image = TensorSpec {
+                    name: String::new(),
+                    shape: l.image.shape.clone(),
+                    dtype: Dtype::Float32,
+                };
+                let input = l.latent_decoder.input.resolve_for(
+                    latent,
+                    "lowlevel.latent_decoder.input",
+                    m,
+                )?;
+                let output = l.latent_decoder.output.resolve_for(
+                    &image,
+                    "lowlevel.latent_decoder.output",
+                    m,
+                )?;
+                let s = &l.image.shape;
+                Some(Lowlevel {
+                    graph: rt.load_graph(
+                        "lowlevel",
+                        &l.latent_decoder.file,
+                        vec![input],
+                        vec![output],
+                    )?,
+                    chw: (s[1] as usize, s[2] as usize, s[3] as usize),
+                    blend: l.blend,
+                })
+            }
+            _ => None,
+        };
         Ok(Some(Reconstructor {
+            lowlevel,
             prior,
             decoder,
             token_len: m.backbone.tokens.len(),
@@ -513,6 +586,7 @@ impl Reconstructor {
     /// Every graph it runs.
     pub fn graphs(&self) -> Vec<&Graph> {
         let mut g: Vec<&Graph> = self.prior.iter().map(|p| &p.graph).collect();
+        g.extend(self.lowlevel.iter().map(|l| &l.graph));
         match &self.decoder {
             DecoderGraphs::Onepass(d) => g.push(d),
             DecoderGraphs::Diffusion {
@@ -530,6 +604,7 @@ impl Reconstructor {
     /// Every graph it runs, mutably (warm-up).
     pub fn graphs_mut(&mut self) -> Vec<&mut Graph> {
         let mut g: Vec<&mut Graph> = self.prior.iter_mut().map(|p| &mut p.graph).collect();
+        g.extend(self.lowlevel.iter_mut().map(|l| &mut l.graph));
         match &mut self.decoder {
             DecoderGraphs::Onepass(d) => g.push(d),
             DecoderGraphs::Diffusion {
@@ -565,6 +640,40 @@ impl Reconstructor {
     /// Sample the prior from `tokens` (the backbone's) and decode an image.
     pub fn run(&mut self, tokens: &[f32]) -> Result<Reconstruction, ModelError> {
         self.run_with(tokens, None)
+    }
+
+    /// As [`Reconstructor::run`], blending in the low-level branch's blurry
+    /// image when the model has one and `lowlevel` (the backbone's
+    /// low-level latent) is given.
+    pub fn run_blended(
+        &mut self,
+        tokens: &[f32],
+        lowlevel: Option<&[f32]>,
+    ) -> Result<Reconstruction, ModelError> {
+        let mut r = self.run_with(tokens, None)?;
+        if let (Some(l), Some(latent)) = (self.lowlevel.as_mut(), lowlevel) {
+            let mut blurry = Vec::new();
+            let s = l.graph.run(&[Input::F32(latent)], &mut [&mut blurry])?;
+            r.lowlevel_seconds = s;
+            let (c, h, w) = r.chw;
+            let resized = if (l.chw.1, l.chw.2) == (h, w) {
+                blurry
+            } else {
+                resize_bilinear(&blurry, l.chw, (h, w))
+            };
+            if l.chw.0 == c {
+                let b = l.blend as f32;
+                for (v, &u) in r.image.iter_mut().zip(&resized) {
+                    *v = (1.0 - b) * *v + b * u;
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    /// Whether the model has a low-level branch.
+    pub fn has_lowlevel(&self) -> bool {
+        self.lowlevel.is_some()
     }
 
     /// As [`Reconstructor::run`], with the noise given (tests).
@@ -711,6 +820,7 @@ impl Reconstructor {
             prior_steps,
             decoder_steps,
             latent_decoder_seconds,
+            lowlevel_seconds: 0.0,
             wall_seconds: t0.elapsed().as_secs_f64(),
         })
     }

@@ -189,6 +189,8 @@ pub struct Job {
     trial: usize,
     stim_id: Option<String>,
     tokens: Vec<f32>,
+    /// The backbone's low-level latent (MindEye2's blurry branch).
+    lowlevel: Option<Vec<f32>>,
     trigger_seen: Option<Instant>,
     submitted: Instant,
 }
@@ -366,7 +368,7 @@ impl DecodeStage {
                     .spawn(move || {
                         for job in jobs_rx {
                             let started = Instant::now();
-                            let result = recon.run(&job.tokens);
+                            let result = recon.run_blended(&job.tokens, job.lowlevel.as_deref());
                             if done_tx
                                 .send(Done {
                                     job,
@@ -523,6 +525,7 @@ impl DecodeStage {
                 trial: b.trial,
                 stim_id: b.event.stim_id.clone(),
                 tokens: out.tokens,
+                lowlevel: out.lowlevel,
                 trigger_seen: b.trigger_seen,
                 submitted: now,
             };

@@ -1181,7 +1181,7 @@ fn learning_curve(
                 );
             };
             let out = fast.run(&z.decode)?;
-            let r = recon.run(&out.tokens)?;
+            let r = recon.run_blended(&out.tokens, out.lowlevel.as_deref())?;
             let path = recon_dir.join(format!("run-{:02}_trial-{:03}.png", b.run, b.trial));
             crate::formats::png::write_png(&path, &r.image, r.chw)
                 .with_context(|| format!("writing {}", path.display()))?;
