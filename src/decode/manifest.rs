@@ -413,9 +413,9 @@ impl DecoderSampler {
         }
     }
 
-    /// The σ grid of an Euler sampler (N + 1 values, the last 0), or the
-    /// reason it has none.
-    pub fn euler_sigmas(&self) -> Result<Vec<f64>, String> {
+    /// Check an Euler sampler's σ settings (the grid itself is
+    /// [`crate::decode::sampler::euler_sigmas`]).
+    pub fn check_euler(&self) -> Result<(), String> {
         let DecoderSampler::Euler {
             steps,
             discretization,
@@ -443,15 +443,11 @@ impl DecoderSampler {
             {
                 return Err("sigmas must be positive and strictly descending".into());
             }
-            let mut out = list.clone();
-            out.push(0.0);
-            return Ok(out);
+            return Ok(());
         }
         match discretization {
             Discretization::Karras => match (sigma_min, sigma_max) {
-                (Some(lo), Some(hi)) if *lo > 0.0 && lo < hi && *rho > 0.0 && *steps >= 1 => Ok(
-                    crate::decode::sampler::karras_sigmas(*steps, *lo, *hi, *rho),
-                ),
+                (Some(lo), Some(hi)) if *lo > 0.0 && lo < hi && *rho > 0.0 && *steps >= 1 => Ok(()),
                 _ => Err(format!(
                     "karras needs 0 < sigma_min < sigma_max and rho > 0, got {sigma_min:?}, {sigma_max:?}, {rho}"
                 )),
@@ -466,12 +462,7 @@ impl DecoderSampler {
                         "legacy_ddpm needs 0 < linear_start ≤ linear_end < 1 and 1 ≤ steps ≤ train_steps, got {linear_start}, {linear_end}, {steps} of {train_steps}"
                     ));
                 }
-                Ok(crate::decode::sampler::DiscreteSchedule::scaled_linear(
-                    *train_steps,
-                    *linear_start,
-                    *linear_end,
-                )
-                .legacy_ddpm_sigmas(*steps))
+                Ok(())
             }
         }
     }
@@ -1107,7 +1098,7 @@ impl ModelManifest {
                 let noise_dtype = match sampler {
                     DecoderSampler::Euler { guidance, .. } => {
                         sampler
-                            .euler_sigmas()
+                            .check_euler()
                             .map_err(|m| manifest_err(mf, format!("decoder.sampler: {m}")))?;
                         check_guidance(*guidance, "decoder.sampler", mf)?;
                         if denoiser.prediction == Prediction::V {

@@ -473,13 +473,12 @@ impl Reconstructor {
                         seed,
                         ..
                     } => {
-                        let sigmas =
-                            sampler
-                                .euler_sigmas()
-                                .map_err(|message| ModelError::Manifest {
-                                    path: m.path.clone(),
-                                    message: format!("decoder.sampler: {message}"),
-                                })?;
+                        let sigmas = super::sampler::euler_sigmas(&sampler).map_err(|message| {
+                            ModelError::Manifest {
+                                path: m.path.clone(),
+                                message: format!("decoder.sampler: {message}"),
+                            }
+                        })?;
                         (
                             DecoderPlan::Euler(EulerRun {
                                 sigmas,
