@@ -56,39 +56,29 @@ fn spec(name: &str, file: &str, dtype: Dtype) -> TensorSpec {
     }
 }
 
-/// max|ort − torch| / max|torch| for one graph.
-fn graph_error(
+/// max|ort − torch| / max|torch| of each output of one graph.
+fn graph_errors(
     rt: &Runtime,
     path: &Path,
     graph: &str,
     inputs: &[(&str, Dtype)],
-    output: &str,
-) -> f64 {
-    let ins: Vec<TensorSpec> = inputs
+    outputs: &[&str],
+) -> Vec<(String, f64)> {
+    let file = |n: &str| format!("{graph}_{n}.npy");
+    let ins: Vec<TensorSpec> = inputs.iter().map(|(n, d)| spec(n, &file(n), *d)).collect();
+    let outs: Vec<TensorSpec> = outputs
         .iter()
-        .map(|(n, d)| spec(n, &format!("{graph}_{n}.npy"), *d))
+        .map(|o| spec(o, &file(o), Dtype::Float32))
         .collect();
-    let out = spec(output, &format!("{graph}_{output}.npy"), Dtype::Float32);
-    let mut g = rt.load_graph("check", path, ins, vec![out]).expect(graph);
-    let f32s: Vec<Vec<f32>> = inputs
+    let mut g = rt.load_graph("check", path, ins, outs).expect(graph);
+    let values: Vec<Vec<f64>> = inputs.iter().map(|(n, _)| npy(&file(n)).0).collect();
+    let f32s: Vec<Vec<f32>> = values
         .iter()
-        .map(|(n, _)| {
-            npy(&format!("{graph}_{n}.npy"))
-                .0
-                .iter()
-                .map(|&v| v as f32)
-                .collect()
-        })
+        .map(|v| v.iter().map(|&x| x as f32).collect())
         .collect();
-    let i64s: Vec<Vec<i64>> = inputs
+    let i64s: Vec<Vec<i64>> = values
         .iter()
-        .map(|(n, _)| {
-            npy(&format!("{graph}_{n}.npy"))
-                .0
-                .iter()
-                .map(|&v| v as i64)
-                .collect()
-        })
+        .map(|v| v.iter().map(|&x| x as i64).collect())
         .collect();
     let feed: Vec<Input<'_>> = inputs
         .iter()
@@ -98,16 +88,25 @@ fn graph_error(
             Dtype::Int64 => Input::I64(&i64s[k]),
         })
         .collect();
-    let mut got = Vec::new();
-    g.run(&feed, &mut [&mut got]).expect(graph);
-    let want = npy(&format!("{graph}_{output}.npy")).0;
-    assert_eq!(got.len(), want.len(), "{graph}");
-    let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-    let err = got
+    let mut got: Vec<Vec<f32>> = vec![Vec::new(); outputs.len()];
+    {
+        let mut refs: Vec<&mut Vec<f32>> = got.iter_mut().collect();
+        g.run(&feed, &mut refs).expect(graph);
+    }
+    outputs
         .iter()
-        .zip(&want)
-        .fold(0.0f64, |a, (g, w)| a.max((*g as f64 - w).abs()));
-    err / scale.max(1e-30)
+        .zip(&got)
+        .map(|(o, got)| {
+            let want = npy(&file(o)).0;
+            assert_eq!(got.len(), want.len(), "{graph}.{o}");
+            let scale = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f64, |a, (g, w)| a.max((*g as f64 - w).abs()));
+            (format!("{graph}.{o}"), err / scale.max(1e-30))
+        })
+        .collect()
 }
 
 #[test]
@@ -115,93 +114,50 @@ fn onnx_runtime_equals_pytorch_on_every_tiny_graph() {
     let rt = runtime();
     let m = dir().join("model");
     let f = Dtype::Float32;
-    type Case<'a> = (PathBuf, &'a str, Vec<(&'a str, Dtype)>, &'a str);
+    type Case<'a> = (PathBuf, &'a str, Vec<(&'a str, Dtype)>, Vec<&'a str>);
     let cases: Vec<Case> = vec![
         (
             dir().join("subject/adapter.onnx"),
             "adapter",
             vec![("voxels", f)],
-            "latent",
+            vec!["latent"],
         ),
         (
             m.join("backbone.onnx"),
             "backbone",
             vec![("latent", f)],
-            "tokens",
-        ),
-        (
-            m.join("backbone.onnx"),
-            "backbone",
-            vec![("latent", f)],
-            "retrieval",
-        ),
-        (
-            m.join("backbone.onnx"),
-            "backbone",
-            vec![("latent", f)],
-            "lowlevel",
+            vec!["tokens", "retrieval", "lowlevel"],
         ),
         (
             m.join("prior.onnx"),
             "prior",
             vec![("x_t", f), ("t", Dtype::Int64), ("cond", f)],
-            "x0",
+            vec!["x0"],
         ),
         (
             m.join("unclip_step.onnx"),
             "unclip_step",
             vec![("x", f), ("sigma", f), ("context", f)],
-            "denoised",
+            vec!["denoised"],
         ),
         (
             m.join("vae_decoder.onnx"),
             "vae_decoder",
             vec![("latent", f)],
-            "image",
+            vec!["image"],
         ),
         (
             m.join("lowlevel_decoder.onnx"),
             "lowlevel_decoder",
             vec![("latent", f)],
-            "image",
+            vec!["image"],
         ),
     ];
-    for (path, graph, inputs, output) in cases {
-        // The backbone has three outputs; check them one at a time.
-        let e = if graph == "backbone" {
-            let mut ins = vec![spec("latent", "backbone_latent.npy", f)];
-            ins.truncate(1);
-            let outs: Vec<TensorSpec> = ["tokens", "retrieval", "lowlevel"]
-                .iter()
-                .map(|o| spec(o, &format!("backbone_{o}.npy"), f))
-                .collect();
-            let mut g = rt
-                .load_graph("backbone", &path, ins, outs)
-                .expect("backbone");
-            let x: Vec<f32> = npy("backbone_latent.npy")
-                .0
-                .iter()
-                .map(|&v| v as f32)
-                .collect();
-            let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-            g.run(&[Input::F32(&x)], &mut [&mut a, &mut b, &mut c])
-                .expect("run");
-            let got = match output {
-                "tokens" => a,
-                "retrieval" => b,
-                _ => c,
-            };
-            let want = npy(&format!("backbone_{output}.npy")).0;
-            let scale = want.iter().fold(0.0f64, |s, v| s.max(v.abs()));
-            got.iter()
-                .zip(&want)
-                .fold(0.0f64, |s, (g, w)| s.max((*g as f64 - w).abs()))
-                / scale
-        } else {
-            graph_error(&rt, &path, graph, &inputs, output)
-        };
-        eprintln!("{graph}.{output}: max relative error {e:.2e}");
-        assert!(e <= 1e-4, "{graph}.{output}: {e:e}");
+    for (path, graph, inputs, outputs) in cases {
+        for (name, e) in graph_errors(&rt, &path, graph, &inputs, &outputs) {
+            eprintln!("{name}: max relative error {e:.2e}");
+            assert!(e <= 1e-4, "{name}: {e:e}");
+        }
     }
 }
 

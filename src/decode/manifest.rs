@@ -413,9 +413,9 @@ impl DecoderSampler {
         }
     }
 
-    /// Check an Euler sampler's σ settings (the grid itself is
+    /// An Euler sampler's σ grid, checked (the values are
     /// [`crate::decode::sampler::euler_sigmas`]).
-    pub fn check_euler(&self) -> Result<(), String> {
+    pub fn euler_grid(&self) -> Result<EulerGrid, String> {
         let DecoderSampler::Euler {
             steps,
             discretization,
@@ -431,8 +431,9 @@ impl DecoderSampler {
         else {
             return Err("not an Euler sampler".into());
         };
+        let steps = *steps;
         if let Some(list) = sigmas {
-            if list.len() != *steps {
+            if list.len() != steps {
                 return Err(format!(
                     "sigmas has {} values for steps = {steps}",
                     list.len()
@@ -443,11 +444,18 @@ impl DecoderSampler {
             {
                 return Err("sigmas must be positive and strictly descending".into());
             }
-            return Ok(());
+            return Ok(EulerGrid::Sigmas(list.clone()));
         }
         match discretization {
-            Discretization::Karras => match (sigma_min, sigma_max) {
-                (Some(lo), Some(hi)) if *lo > 0.0 && lo < hi && *rho > 0.0 && *steps >= 1 => Ok(()),
+            Discretization::Karras => match (*sigma_min, *sigma_max) {
+                (Some(lo), Some(hi)) if lo > 0.0 && lo < hi && *rho > 0.0 && steps >= 1 => {
+                    Ok(EulerGrid::Karras {
+                        steps,
+                        sigma_min: lo,
+                        sigma_max: hi,
+                        rho: *rho,
+                    })
+                }
                 _ => Err(format!(
                     "karras needs 0 < sigma_min < sigma_max and rho > 0, got {sigma_min:?}, {sigma_max:?}, {rho}"
                 )),
@@ -455,17 +463,51 @@ impl DecoderSampler {
             Discretization::LegacyDdpm => {
                 if !(*linear_start > 0.0 && linear_start <= linear_end && *linear_end < 1.0)
                     || *train_steps == 0
-                    || *steps == 0
-                    || *steps > *train_steps
+                    || steps == 0
+                    || steps > *train_steps
                 {
                     return Err(format!(
                         "legacy_ddpm needs 0 < linear_start ≤ linear_end < 1 and 1 ≤ steps ≤ train_steps, got {linear_start}, {linear_end}, {steps} of {train_steps}"
                     ));
                 }
-                Ok(())
+                Ok(EulerGrid::LegacyDdpm {
+                    steps,
+                    linear_start: *linear_start,
+                    linear_end: *linear_end,
+                    train_steps: *train_steps,
+                })
             }
         }
     }
+}
+
+/// A checked Euler σ grid, as the manifest gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EulerGrid {
+    /// Explicit descending σs (0 is appended).
+    Sigmas(Vec<f64>),
+    /// Karras et al.'s ρ-spaced σs.
+    Karras {
+        /// Steps.
+        steps: usize,
+        /// Smallest σ.
+        sigma_min: f64,
+        /// Largest σ.
+        sigma_max: f64,
+        /// Curvature.
+        rho: f64,
+    },
+    /// sgm's legacy-DDPM σs of a scaled-linear schedule.
+    LegacyDdpm {
+        /// Steps.
+        steps: usize,
+        /// First β.
+        linear_start: f64,
+        /// Last β.
+        linear_end: f64,
+        /// Training steps.
+        train_steps: usize,
+    },
 }
 
 /// Where an Euler sampler's σs come from.
@@ -790,6 +832,20 @@ fn check_guidance(g: f64, seed_field: &str, manifest: &Path) -> Result<(), Model
     }
 }
 
+/// An image tensor's shape: `[1, C, H, W]` with C = 1 or 3.
+fn check_image_shape(s: &[i64], field: &str, manifest: &Path) -> Result<(), ModelError> {
+    if s.len() != 4 || s[0] != 1 || !(s[1] == 1 || s[1] == 3) || s[2] < 1 || s[3] < 1 {
+        return Err(manifest_err(
+            manifest,
+            format!(
+                "{field} = {}: must be [1, C, H, W] with C = 1 or 3",
+                shape_str(s)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_index_input(spec: &TensorSpec, field: &str, manifest: &Path) -> Result<(), ModelError> {
     check_spec(spec, field, manifest)?;
     if spec.len() != 1 {
@@ -967,30 +1023,12 @@ impl ModelManifest {
                     format!("lowlevel.blend = {}: must be in [0, 1]", l.blend),
                 ));
             }
-            let s = &l.image.shape;
-            if s.len() != 4 || s[0] != 1 || !(s[1] == 1 || s[1] == 3) || s[2] < 1 || s[3] < 1 {
-                return Err(manifest_err(
-                    mf,
-                    format!(
-                        "lowlevel.image.shape = {}: must be [1, C, H, W] with C = 1 or 3",
-                        shape_str(s)
-                    ),
-                ));
-            }
+            check_image_shape(&l.image.shape, "lowlevel.image.shape", mf)?;
         }
         if let Some(TargetsSpec::Encoder { input, output, .. }) = &self.targets {
             check_float(input, "targets.input", mf)?;
             check_float(output, "targets.output", mf)?;
-            let s = &input.shape;
-            if s.len() != 4 || s[0] != 1 || !(s[1] == 1 || s[1] == 3) || s[2] < 1 || s[3] < 1 {
-                return Err(manifest_err(
-                    mf,
-                    format!(
-                        "targets.input.shape = {}: must be [1, C, H, W] with C = 1 or 3",
-                        shape_str(s)
-                    ),
-                ));
-            }
+            check_image_shape(&input.shape, "targets.input.shape", mf)?;
             if output.len() != b.input.len() {
                 return Err(manifest_err(
                     mf,
@@ -1035,19 +1073,8 @@ impl ModelManifest {
         let Some(d) = &self.decoder else {
             return Ok(None);
         };
-        let check_image = |image: &ImageSpec| -> Result<(), ModelError> {
-            let s = &image.shape;
-            if s.len() != 4 || s[0] != 1 || !(s[1] == 1 || s[1] == 3) || s[2] < 1 || s[3] < 1 {
-                return Err(manifest_err(
-                    mf,
-                    format!(
-                        "decoder.image.shape = {}: must be [1, C, H, W] with C = 1 or 3",
-                        shape_str(s)
-                    ),
-                ));
-            }
-            Ok(())
-        };
+        let check_image =
+            |image: &ImageSpec| check_image_shape(&image.shape, "decoder.image.shape", mf);
         Ok(Some(match d {
             DecoderSpec::Onepass {
                 file,
@@ -1098,7 +1125,7 @@ impl ModelManifest {
                 let noise_dtype = match sampler {
                     DecoderSampler::Euler { guidance, .. } => {
                         sampler
-                            .check_euler()
+                            .euler_grid()
                             .map_err(|m| manifest_err(mf, format!("decoder.sampler: {m}")))?;
                         check_guidance(*guidance, "decoder.sampler", mf)?;
                         if denoiser.prediction == Prediction::V {

@@ -15,6 +15,7 @@
 
 pub mod check;
 pub mod error;
+pub mod image;
 pub mod manifest;
 pub mod models;
 pub mod retrieval;

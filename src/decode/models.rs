@@ -46,6 +46,9 @@ pub struct FastOutput {
     pub lowlevel: Option<Vec<f32>>,
     /// Best candidates, best first (empty without a bank).
     pub top: Vec<Candidate>,
+    /// Every bank candidate's score, in bank order (empty without a bank):
+    /// ranking the true image reads these instead of scoring again.
+    pub scores: Vec<f32>,
     /// Per-graph ONNX Runtime time.
     pub graphs: Vec<GraphTime>,
     /// Wall time of the whole fast path, seconds.
@@ -182,36 +185,6 @@ struct Lowlevel {
     blend: f64,
 }
 
-/// Bilinear resize of a `[C, H, W]` image (align-corners off, like
-/// torchvision's `Resize` on tensors without antialiasing).
-fn resize_bilinear(
-    src: &[f32],
-    (c, h, w): (usize, usize, usize),
-    (oh, ow): (usize, usize),
-) -> Vec<f32> {
-    let mut out = vec![0f32; c * oh * ow];
-    let sy = h as f64 / oh as f64;
-    let sx = w as f64 / ow as f64;
-    for ch in 0..c {
-        let plane = &src[ch * h * w..(ch + 1) * h * w];
-        for y in 0..oh {
-            let fy = ((y as f64 + 0.5) * sy - 0.5).clamp(0.0, (h - 1) as f64);
-            let (y0, ty) = (fy.floor() as usize, fy - fy.floor());
-            let y1 = (y0 + 1).min(h - 1);
-            for x in 0..ow {
-                let fx = ((x as f64 + 0.5) * sx - 0.5).clamp(0.0, (w - 1) as f64);
-                let (x0, tx) = (fx.floor() as usize, fx - fx.floor());
-                let x1 = (x0 + 1).min(w - 1);
-                let v = |yy: usize, xx: usize| plane[yy * w + xx] as f64;
-                let top = v(y0, x0) * (1.0 - tx) + v(y0, x1) * tx;
-                let bottom = v(y1, x0) * (1.0 - tx) + v(y1, x1) * tx;
-                out[ch * oh * ow + y * ow + x] = (top * (1.0 - ty) + bottom * ty) as f32;
-            }
-        }
-    }
-    out
-}
-
 /// Prior sampler + decoder.
 pub struct Reconstructor {
     lowlevel: Option<Lowlevel>,
@@ -241,17 +214,15 @@ pub struct ModelSet {
     pub recon: Option<Reconstructor>,
 }
 
-fn level_input(level: Level, i: &mut [i64; 1], f: &mut [f32; 1]) {
-    match level {
-        Level::Timestep(t) => {
-            i[0] = t;
-            f[0] = t as f32;
-        }
-        Level::Sigma(s) => {
-            i[0] = s.round() as i64;
-            f[0] = s as f32;
-        }
-    }
+/// The noise-level input, as every element of `i` (timestep) and `f` (σ
+/// or timestep as float): one per sample of the graph's batch.
+fn level_input(level: Level, i: &mut [i64], f: &mut [f32]) {
+    let (iv, fv) = match level {
+        Level::Timestep(t) => (t, t as f32),
+        Level::Sigma(s) => (s.round() as i64, s as f32),
+    };
+    i.fill(iv);
+    f.fill(fv);
 }
 
 fn timed(graphs: &mut Vec<GraphTime>, role: &'static str, seconds: f64) {
@@ -373,10 +344,15 @@ impl FastPath {
         } else {
             tokens.clone()
         };
+        let scores = self
+            .bank
+            .as_ref()
+            .map(|b| b.scores(&query))
+            .unwrap_or_default();
         let top = self
             .bank
             .as_ref()
-            .map(|b| b.top_k(&query, self.top_k))
+            .map(|b| b.top_k_of(&scores, self.top_k))
             .unwrap_or_default();
         Ok(FastOutput {
             latent,
@@ -384,6 +360,7 @@ impl FastPath {
             query,
             lowlevel: self.has_lowlevel.then_some(lowlevel),
             top,
+            scores,
             graphs,
             wall_seconds: t0.elapsed().as_secs_f64(),
             nonfinite_voxels: nonfinite,
@@ -473,15 +450,16 @@ impl Reconstructor {
                         seed,
                         ..
                     } => {
-                        let sigmas = super::sampler::euler_sigmas(&sampler).map_err(|message| {
-                            ModelError::Manifest {
-                                path: m.path.clone(),
-                                message: format!("decoder.sampler: {message}"),
-                            }
-                        })?;
+                        let grid =
+                            sampler
+                                .euler_grid()
+                                .map_err(|message| ModelError::Manifest {
+                                    path: m.path.clone(),
+                                    message: format!("decoder.sampler: {message}"),
+                                })?;
                         (
                             DecoderPlan::Euler(EulerRun {
-                                sigmas,
+                                sigmas: super::sampler::euler_sigmas(&grid),
                                 guidance: *guidance,
                                 uncond,
                                 start: match start {
@@ -655,11 +633,7 @@ impl Reconstructor {
             let s = l.graph.run(&[Input::F32(latent)], &mut [&mut blurry])?;
             r.lowlevel_seconds = s;
             let (c, h, w) = r.chw;
-            let resized = if (l.chw.1, l.chw.2) == (h, w) {
-                blurry
-            } else {
-                resize_bilinear(&blurry, l.chw, (h, w))
-            };
+            let resized = super::image::resize_bilinear(&blurry, l.chw, h, w);
             if l.chw.0 == c {
                 let b = l.blend as f32;
                 for (v, &u) in r.image.iter_mut().zip(&resized) {
@@ -751,11 +725,8 @@ impl Reconstructor {
                                    uncond: Option<&[f32]>,
                                    out: &mut Vec<f32>,
                                    out_u: &mut Vec<f32>| {
-                    let (i1, f1) = (&mut [0i64; 1], &mut [0f32; 1]);
-                    level_input(level, i1, f1);
-                    ti = [i1[0]; 2];
-                    tf = [f1[0]; 2];
                     let n = if batched { 2 } else { 1 };
+                    level_input(level, &mut ti[..n], &mut tf[..n]);
                     let level_in = match nd_type {
                         Dtype::Int64 => Input::I64(&ti[..n]),
                         Dtype::Float32 => Input::F32(&tf[..n]),

@@ -19,55 +19,7 @@ use half::slice::HalfFloatSliceExt;
 
 use super::error::ModelError;
 use super::manifest::{BankPrecision, RetrievalSpec};
-use crate::formats::npy::{Elem, RawArray};
-
-/// The values of a raw `.npy`, as f64, one at a time (a 425,984-wide bank
-/// is never held in float64 whole).
-struct RawValues<'a> {
-    raw: &'a RawArray<'a>,
-    at: usize,
-    len: usize,
-}
-
-impl<'a> RawValues<'a> {
-    fn new(raw: &'a RawArray<'a>) -> RawValues<'a> {
-        RawValues {
-            raw,
-            at: 0,
-            len: raw.rows * raw.cols,
-        }
-    }
-}
-
-impl Iterator for RawValues<'_> {
-    type Item = f64;
-    fn next(&mut self) -> Option<f64> {
-        if self.at >= self.len {
-            return None;
-        }
-        let i = self.at;
-        self.at += 1;
-        let d = self.raw.data;
-        Some(match self.raw.elem {
-            Elem::F16 => f16::from_le_bytes([d[2 * i], d[2 * i + 1]]).to_f64(),
-            Elem::F32 => {
-                f32::from_le_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]) as f64
-            }
-            Elem::F64 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&d[8 * i..8 * i + 8]);
-                f64::from_le_bytes(b)
-            }
-        })
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.len - self.at;
-        (left, Some(left))
-    }
-}
-
-impl ExactSizeIterator for RawValues<'_> {}
+use crate::formats::npy::Elem;
 
 /// One retrieved candidate.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,7 +114,7 @@ mod simd {
             && is_x86_feature_detected!("f16c")
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn hsum(v: __m256) -> f32 {
         let mut lanes = [0f32; 8];
         // SAFETY: `lanes` holds 8 f32, an unaligned store is allowed.
@@ -170,11 +122,20 @@ mod simd {
         lanes.iter().sum()
     }
 
+    /// Σ load(i)·b[i] over blocks of [`BLOCK`], 4 × 8 lanes at a time,
+    /// each block summed into float64; `load(at)` gives the 8 values of `a`
+    /// from `at` and `scalar(k)` one, for the tail.
+    ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA; `a` and `b` the same length.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f64 {
-        let n = a.len().min(b.len());
+    /// The CPU must have AVX2, FMA and F16C (all kernels need the same
+    /// set, so the loads inline into this loop).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn blocks(
+        n: usize,
+        b: &[f32],
+        load: impl Fn(usize) -> __m256,
+        scalar: impl Fn(usize) -> f32,
+    ) -> f64 {
         let mut total = 0f64;
         let mut i = 0;
         while i < n {
@@ -184,21 +145,18 @@ mod simd {
             while j + 32 <= end {
                 for (k, acc) in acc.iter_mut().enumerate() {
                     let at = j + 8 * k;
-                    // SAFETY: at + 8 ≤ end ≤ n, within both slices.
-                    let (x, y) = unsafe {
-                        (
-                            _mm256_loadu_ps(a.as_ptr().add(at)),
-                            _mm256_loadu_ps(b.as_ptr().add(at)),
-                        )
-                    };
-                    *acc = _mm256_fmadd_ps(x, y, *acc);
+                    // SAFETY: at + 8 ≤ end ≤ n ≤ b.len().
+                    let y = unsafe { _mm256_loadu_ps(b.as_ptr().add(at)) };
+                    *acc = _mm256_fmadd_ps(load(at), y, *acc);
                 }
                 j += 32;
             }
-            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            let mut block = hsum(sum);
-            for k in j..end {
-                block += a[k] * b[k];
+            let mut block = hsum(_mm256_add_ps(
+                _mm256_add_ps(acc[0], acc[1]),
+                _mm256_add_ps(acc[2], acc[3]),
+            ));
+            for (k, y) in b.iter().enumerate().take(end).skip(j) {
+                block += scalar(k) * y;
             }
             total += block as f64;
             i = end;
@@ -207,40 +165,29 @@ mod simd {
     }
 
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; `a` and `b` the same length.
+    /// The CPU must have AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f64 {
+        let n = a.len().min(b.len());
+        // SAFETY: blocks() loads 8 values at `at` only when at + 8 ≤ n, on
+        // a CPU with the features this function requires.
+        unsafe { blocks(n, b, |at| _mm256_loadu_ps(a.as_ptr().add(at)), |k| a[k]) }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_f16(a: &[f16], b: &[f32]) -> f64 {
         let n = a.len().min(b.len());
-        let mut total = 0f64;
-        let mut i = 0;
-        while i < n {
-            let end = (i + BLOCK).min(n);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut j = i;
-            while j + 32 <= end {
-                for (k, acc) in acc.iter_mut().enumerate() {
-                    let at = j + 8 * k;
-                    // SAFETY: at + 8 ≤ end ≤ n; f16 is 2 bytes, so 8 of
-                    // them are one unaligned 128-bit load.
-                    let (x, y) = unsafe {
-                        (
-                            _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(at).cast())),
-                            _mm256_loadu_ps(b.as_ptr().add(at)),
-                        )
-                    };
-                    *acc = _mm256_fmadd_ps(x, y, *acc);
-                }
-                j += 32;
-            }
-            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            let mut block = hsum(sum);
-            for k in j..end {
-                block += f16::to_f32(a[k]) * b[k];
-            }
-            total += block as f64;
-            i = end;
+        // SAFETY: as in dot_f32; 8 f16 are one unaligned 128-bit load.
+        unsafe {
+            blocks(
+                n,
+                b,
+                |at| _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().add(at).cast())),
+                |k| f16::to_f32(a[k]),
+            )
         }
-        total
     }
 }
 
@@ -394,7 +341,7 @@ impl Bank {
             Some(BankPrecision::Float32) => false,
             None => raw.elem == Elem::F16,
         };
-        let values = RawValues::new(&raw);
+        let values = raw.values();
         let mut bank =
             Bank::build(values, dim, ids, half).map_err(|m| bank_err(&spec.embeddings, m))?;
         bank.images = spec.images.clone();
@@ -475,14 +422,20 @@ impl Bank {
     /// A query that is zero or not finite scores 0 everywhere and so
     /// returns the first `k` rows with score 0, never NaN rankings.
     pub fn top_k(&self, query: &[f32], k: usize) -> Vec<Candidate> {
-        let mut scores: Vec<(usize, f32)> = self
-            .scores(query)
-            .into_iter()
-            .map(|s| if s.is_finite() { s } else { 0.0 })
+        self.top_k_of(&self.scores(query), k)
+    }
+
+    /// [`Bank::top_k`] from scores already computed ([`Bank::scores`]): at
+    /// MindEye2's width one scoring pass reads the whole bank, so a trial
+    /// scores once and ranks from that.
+    pub fn top_k_of(&self, scores: &[f32], k: usize) -> Vec<Candidate> {
+        let mut ranked: Vec<(usize, f32)> = scores
+            .iter()
+            .map(|&s| if s.is_finite() { s } else { 0.0 })
             .enumerate()
             .collect();
-        scores.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        scores
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked
             .into_iter()
             .take(k)
             .map(|(index, score)| Candidate {
@@ -495,9 +448,13 @@ impl Bank {
 
     /// 1-based rank of `id` for `query` (None when not in the bank).
     pub fn rank_of(&self, query: &[f32], id: &str) -> Option<usize> {
+        self.rank_in(&self.scores(query), id)
+    }
+
+    /// [`Bank::rank_of`] from scores already computed.
+    pub fn rank_in(&self, scores: &[f32], id: &str) -> Option<usize> {
         let target = self.index_of(id)?;
-        let scores = self.scores(query);
-        let s = scores[target];
+        let s = *scores.get(target)?;
         Some(
             1 + scores
                 .iter()

@@ -14,9 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::manifest::{
-    DecoderSampler, DiscreteKind, Discretization, Prediction, ScheduleKind, ScheduleSpec,
-};
+use super::manifest::{DiscreteKind, EulerGrid, Prediction, ScheduleKind, ScheduleSpec};
 
 /// Standard-normal noise, in the order the samplers ask for it.
 pub trait NoiseSource {
@@ -519,42 +517,28 @@ pub fn karras_sigmas(steps: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> 
     s
 }
 
-/// The σ grid of an Euler sampler from the manifest (N + 1 values, the
-/// last 0), or why its settings give none.
-pub fn euler_sigmas(sampler: &DecoderSampler) -> Result<Vec<f64>, String> {
-    sampler.check_euler()?;
-    let DecoderSampler::Euler {
-        steps,
-        discretization,
-        sigma_min,
-        sigma_max,
-        rho,
-        linear_start,
-        linear_end,
-        train_steps,
-        sigmas,
-        ..
-    } = sampler
-    else {
-        return Err("not an Euler sampler".into());
-    };
-    if let Some(list) = sigmas {
-        let mut out = list.clone();
-        out.push(0.0);
-        return Ok(out);
-    }
-    Ok(match discretization {
-        Discretization::Karras => karras_sigmas(
-            *steps,
-            sigma_min.unwrap_or(0.0),
-            sigma_max.unwrap_or(0.0),
-            *rho,
-        ),
-        Discretization::LegacyDdpm => {
-            DiscreteSchedule::scaled_linear(*train_steps, *linear_start, *linear_end)
-                .legacy_ddpm_sigmas(*steps)
+/// The σs of a checked Euler grid: N + 1 values, the last 0.
+pub fn euler_sigmas(grid: &EulerGrid) -> Vec<f64> {
+    match grid {
+        EulerGrid::Sigmas(list) => {
+            let mut out = list.clone();
+            out.push(0.0);
+            out
         }
-    })
+        EulerGrid::Karras {
+            steps,
+            sigma_min,
+            sigma_max,
+            rho,
+        } => karras_sigmas(*steps, *sigma_min, *sigma_max, *rho),
+        EulerGrid::LegacyDdpm {
+            steps,
+            linear_start,
+            linear_end,
+            train_steps,
+        } => DiscreteSchedule::scaled_linear(*train_steps, *linear_start, *linear_end)
+            .legacy_ddpm_sigmas(*steps),
+    }
 }
 
 /// How an Euler run's first sample is made from the noise.

@@ -499,7 +499,7 @@ impl DecodeStage {
         let now = Instant::now();
         let bank = fast.bank();
         let true_rank = match (bank, &b.event.stim_id) {
-            (Some(bank), Some(id)) => bank.rank_of(&out.query, id),
+            (Some(bank), Some(id)) => bank.rank_in(&out.scores, id),
             _ => None,
         };
         let decoded = TrialDecoded {

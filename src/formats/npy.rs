@@ -435,25 +435,20 @@ pub fn decode_raw(bytes: &[u8]) -> Result<RawArray<'_>, String> {
 }
 
 impl RawArray<'_> {
+    /// The values as f64, one at a time (a 425,984-wide bank is never held
+    /// in float64 whole).
+    pub fn values(&self) -> impl ExactSizeIterator<Item = f64> + '_ {
+        let size = self.elem.size();
+        self.data.chunks_exact(size).map(move |c| match self.elem {
+            Elem::F16 => half::f16::from_le_bytes([c[0], c[1]]).to_f64(),
+            Elem::F32 => f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
+            Elem::F64 => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+        })
+    }
+
     /// Every value as f64.
     pub fn to_f64(&self) -> Vec<f64> {
-        match self.elem {
-            Elem::F16 => self
-                .data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-                .collect(),
-            Elem::F32 => self
-                .data
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            Elem::F64 => self
-                .data
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-        }
+        self.values().collect()
     }
 }
 
