@@ -6,8 +6,15 @@
 
 use std::path::{Path, PathBuf};
 
+use boldstream::decode::manifest::{
+    DiscreteKind, EulerGrid, Prediction, ScheduleKind, ScheduleSpec,
+};
 use boldstream::decode::models::ModelSet;
 use boldstream::decode::runtime::{DeviceChoice, Input, Runtime, RuntimeConfig};
+use boldstream::decode::sampler::{
+    DiscreteRun, DiscreteSchedule, EulerRun, EulerStart, Level, ReplayNoise, StepAlphas, Uncond,
+    dalle2_pairs, euler_sigmas, one_pass, sample_discrete, sample_euler,
+};
 use boldstream::decode::tensor::{Dtype, TensorSpec};
 
 fn dir() -> PathBuf {
@@ -24,7 +31,12 @@ fn runtime() -> Runtime {
 }
 
 fn npy(name: &str) -> (Vec<f64>, Vec<i64>) {
-    let bytes = std::fs::read(dir().join("reference").join(name)).expect(name);
+    npy_in("reference", name)
+}
+
+/// An `.npy` file (little-endian f32 or i64) of a fixture sub-folder.
+fn npy_in(folder: &str, name: &str) -> (Vec<f64>, Vec<i64>) {
+    let bytes = std::fs::read(dir().join(folder).join(name)).expect(name);
     let header = String::from_utf8_lossy(&bytes[10..10 + bytes[8] as usize]).to_string();
     let shape: Vec<i64> = header
         .split("'shape': (")
@@ -166,14 +178,7 @@ fn the_tiny_export_retrieves_and_reconstructs_through_the_mindeye2_loops() {
     let rt = runtime();
     let set = ModelSet::load(&rt, &dir().join("model"), &dir().join("subject"), None)
         .expect("the tiny export loads");
-    let latent: Vec<f32> = npy("backbone_latent.npy")
-        .0
-        .iter()
-        .map(|&v| v as f32)
-        .collect();
-    // Bank row 7 is the normalised retrieval of this latent (reference/README.md).
     let (mut fast, recon) = set.split();
-    let _ = &mut fast;
     let mut recon = recon.expect("a decoder");
     assert!(recon.has_lowlevel());
     let voxels: Vec<f32> = npy("adapter_voxels.npy")
@@ -205,5 +210,150 @@ fn the_tiny_export_retrieves_and_reconstructs_through_the_mindeye2_loops() {
         plain.image, blended.image,
         "the blurry branch was blended in"
     );
-    drop(latent);
+}
+
+fn f32s_in(folder: &str, name: &str) -> Vec<f32> {
+    npy_in(folder, name).0.iter().map(|&v| v as f32).collect()
+}
+
+/// max|a − b| / max|b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+    let worst = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    worst / scale.max(1e-30)
+}
+
+#[test]
+fn rust_loops_equal_the_pytorch_port_of_mindeye2_sampling() {
+    // tests/fixtures/mindeye2_tiny/sampling: tests/parity/mindeye2_sampling.py
+    // ran dalle2's DDIM prior loop and sgm's Euler/LegacyDDPM unCLIP loop on
+    // the PyTorch modules these graphs were exported from, and saved its
+    // noise; the Rust loops draw the same values in the same order.
+    let rt = runtime();
+    let set = ModelSet::load(&rt, &dir().join("model"), &dir().join("subject"), None)
+        .expect("the tiny export loads");
+    let (_, recon) = set.split();
+    let mut recon = recon.expect("a decoder");
+    let s = "sampling";
+    let prior_noise = f32s_in(s, "prior_noise.npy");
+    let unclip_noise = f32s_in(s, "unclip_noise.npy");
+    let (n_prior, n_unclip) = (prior_noise.len(), unclip_noise.len());
+    let mut np = ReplayNoise::new(prior_noise);
+    let mut nd = ReplayNoise::new(unclip_noise);
+    let r = recon
+        .run_with(&f32s_in(s, "cond.npy"), Some((&mut np, &mut nd)))
+        .expect("reconstruction");
+    assert_eq!(np.used(), n_prior, "prior noise: start + 18 steps");
+    assert_eq!(nd.used(), n_unclip, "unCLIP noise: z, uncond, n, offset");
+    let prior = rel_err(&r.prior_tokens, &f32s_in(s, "prior_out.npy"));
+    let latent = rel_err(&r.latent, &f32s_in(s, "latent.npy"));
+    let image = rel_err(&r.image, &f32s_in(s, "image.npy"));
+    eprintln!("relative error: prior {prior:.2e}, unCLIP latent {latent:.2e}, image {image:.2e}");
+    // The random tiny prior turns a 1e-6 change of its start into ~3e-3 of
+    // its output (sampling/README.md), so through the graph the two loops
+    // can only agree that far; `the_prior_loop_is_dalle2s_ddim` checks its
+    // arithmetic exactly. A wrong grid, ᾱ or noise order is off by O(1).
+    assert!(prior <= 1e-2, "prior sample {prior:e}");
+    assert!(latent <= 1e-4, "unCLIP latent {latent:e}");
+    assert!(image <= 1e-4, "image {image:e}");
+}
+
+#[test]
+fn the_prior_loop_is_dalle2s_ddim() {
+    // The network's answers are replayed from the PyTorch run, so what is
+    // left is the loop: the grid, the ᾱ it reads, η = 1 noise, the update.
+    let s = "sampling";
+    let xs = f32s_in(s, "prior_calls_x.npy");
+    let x0s = f32s_in(s, "prior_calls_x0.npy");
+    let len = f32s_in(s, "prior_out.npy").len();
+    let run = DiscreteRun {
+        kind: DiscreteKind::Ddim,
+        pairs: dalle2_pairs(100, 20),
+        alphas: StepAlphas::Previous,
+        eta: 1.0,
+        guidance: 1.0,
+        uncond: Uncond::Zeros,
+        prediction: Prediction::X0,
+    };
+    let schedule = DiscreteSchedule::new(&ScheduleSpec {
+        kind: ScheduleKind::Cosine,
+        train_steps: 100,
+        beta_start: 0.0,
+        beta_end: 0.0,
+    });
+    assert_eq!(xs.len(), 19 * len);
+    let (mut call, mut worst_in) = (0usize, 0f64);
+    let mut denoise = one_pass(|x: &[f32], level: Level, _c: &[f32], out: &mut Vec<f32>| {
+        let want = &xs[call * len..(call + 1) * len];
+        worst_in = worst_in.max(rel_err(x, want));
+        assert!(matches!(level, Level::Timestep(_)));
+        out.clear();
+        out.extend_from_slice(&x0s[call * len..(call + 1) * len]);
+        call += 1;
+        Ok::<(), ()>(())
+    });
+    let mut noise = ReplayNoise::new(f32s_in(s, "prior_noise.npy"));
+    let cond = f32s_in(s, "cond.npy");
+    let out = sample_discrete(&run, &schedule, len, &cond, &mut noise, &mut denoise).expect("loop");
+    drop(denoise);
+    let end = rel_err(&out, &f32s_in(s, "prior_out.npy"));
+    eprintln!("prior loop, answers replayed: worst input {worst_in:.2e}, output {end:.2e}");
+    assert_eq!(call, 19);
+    assert!(worst_in <= 1e-5, "sample given to a call: {worst_in:e}");
+    assert!(end <= 1e-5, "final sample: {end:e}");
+}
+
+#[test]
+fn the_unclip_loop_is_sgms_euler_over_the_legacy_ddpm_grid() {
+    // As above for the unCLIP: the batched [uncond; cond] answers of every
+    // step are replayed; the start (z + σ₀(n + 0.04 s)), the σ grid, the
+    // fresh-noise unconditional tokens and the guided Euler update are Rust's.
+    let s = "sampling";
+    let xs = f32s_in(s, "unclip_calls_x.npy");
+    let ds = f32s_in(s, "unclip_calls_denoised.npy");
+    let len = f32s_in(s, "latent.npy").len();
+    let run = EulerRun {
+        sigmas: euler_sigmas(&EulerGrid::LegacyDdpm {
+            steps: 38,
+            linear_start: 0.00085,
+            linear_end: 0.012,
+            train_steps: 1000,
+        }),
+        guidance: 5.0,
+        uncond: Uncond::Noise,
+        start: EulerStart::Unclip,
+        offset_noise: 0.04,
+        prediction: Prediction::X0,
+    };
+    assert_eq!(xs.len(), 38 * len);
+    let (mut call, mut worst_in) = (0usize, 0f64);
+    let mut denoise = |x: &[f32],
+                       level: Level,
+                       _c: &[f32],
+                       u: Option<&[f32]>,
+                       out: &mut Vec<f32>,
+                       out_u: &mut Vec<f32>| {
+        worst_in = worst_in.max(rel_err(x, &xs[call * len..(call + 1) * len]));
+        assert!(matches!(level, Level::Sigma(_)));
+        assert!(u.is_some(), "guided steps get the unconditional tokens");
+        let pair = &ds[2 * call * len..2 * (call + 1) * len];
+        out_u.clear();
+        out_u.extend_from_slice(&pair[..len]);
+        out.clear();
+        out.extend_from_slice(&pair[len..]);
+        call += 1;
+        Ok::<(), ()>(())
+    };
+    let mut noise = ReplayNoise::new(f32s_in(s, "unclip_noise.npy"));
+    let cond = f32s_in(s, "prior_out.npy");
+    let out = sample_euler(&run, len, &cond, &mut noise, &mut denoise).expect("loop");
+    let end = rel_err(&out, &f32s_in(s, "latent.npy"));
+    eprintln!("unCLIP loop, answers replayed: worst input {worst_in:.2e}, latent {end:.2e}");
+    assert_eq!(call, 38);
+    assert!(worst_in <= 1e-5, "sample given to a step: {worst_in:e}");
+    assert!(end <= 1e-5, "final latent: {end:e}");
 }

@@ -87,6 +87,9 @@ pub struct Reconstruction {
     pub chw: (usize, usize, usize),
     /// The prior's sample (the decoder's conditioning).
     pub prior_tokens: Vec<f32>,
+    /// The diffusion decoder's final latent, before the latent decoder
+    /// (empty for a one-pass decoder).
+    pub latent: Vec<f32>,
     /// Seed of the prior's noise.
     pub prior_seed: u64,
     /// Seed of the decoder's noise.
@@ -698,6 +701,7 @@ impl Reconstructor {
         let mut decoder_calls: Vec<f64> = Vec::new();
         let mut image = Vec::new();
         let mut latent_decoder_seconds = 0.0;
+        let mut latent = Vec::new();
         let decoder_steps = match &mut self.decoder {
             DecoderGraphs::Onepass(g) => {
                 let s = g.run(&[Input::F32(&prior_tokens)], &mut [&mut image])?;
@@ -777,6 +781,7 @@ impl Reconstructor {
                 };
                 latent_decoder_seconds =
                     latent_decoder.run(&[Input::F32(&z)], &mut [&mut image])?;
+                latent = z;
                 let per = if guidance == 1.0 || batched { 1 } else { 2 };
                 decoder_calls.chunks(per).map(|c| c.iter().sum()).collect()
             }
@@ -785,6 +790,7 @@ impl Reconstructor {
             image,
             chw: self.chw,
             prior_tokens,
+            latent,
             prior_seed,
             decoder_seed,
             prior_steps,
